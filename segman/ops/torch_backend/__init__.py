@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference backends: exact, vectorised, CPU and GPU."""

@@ -1,0 +1,1 @@
+"""Triton GPU backends of ``segman.ops`` (imported lazily, only when a Triton backend is used)."""

@@ -1,0 +1,329 @@
+"""Triton selective scan for d_state N = 1 (SPEC §2.2-2.3): forward and backward.
+
+What it computes, per batch ``b`` and channel ``c`` of group ``g`` (the torch backend is the
+reference, ``segman/ops/torch_backend/selective_scan.py``)::
+
+    dt_t = softplus(delta[b, c, t] + delta_bias[c])      # ~ read delta once            (2-4 B)
+    h_t  = exp(dt_t A[c]) h_{t-1} + dt_t B[b, g, t] u[b, c, t]   # read u once           (2-4 B)
+    y_t  = C[b, g, t] h_t + D[c] u[b, c, t]              # write y once (fp32)           (4 B)
+
+Memory traffic is the whole cost: B and C are shared by the ``Dg`` channels of a group, so per
+element the forward moves 12 bytes (fp32 inputs) or 8 bytes (bf16/fp16), and the backward reads
+u, delta, dy and writes du, ddelta (20 or 12 bytes).  The kernels therefore do one pass over the
+data each:
+
+* A program owns ``BLOCK_C`` channels of one (batch, group) and walks the sequence in chunks of
+  ``BLOCK_T`` steps.  Inside a chunk the recurrence is a ``tl.associative_scan`` over
+  ``(decay, drive)`` pairs; the state is carried from chunk to chunk in registers.
+* The forward also stores the state entering each chunk (``Bt*C*L/BLOCK_T`` floats, 0.1 % of the
+  traffic).  The backward walks the chunks from last to first, recomputes ``h`` inside each chunk
+  from that state, and runs the adjoint recurrence ``dh_t = C_t dy_t + exp(dt_{t+1} A) dh_{t+1}``
+  as a reverse scan.  Nothing of size ``L`` is saved between forward and backward.
+* ``dA``, ``dD`` and ``ddelta_bias`` are reduced inside each program and written per batch (a tiny
+  torch sum follows); ``dB`` and ``dC`` are summed over the program's channels and added to an
+  fp32 buffer with relaxed atomics (the buffer is ``Bt*G*L`` floats: it stays in L2).
+
+The adjoint scan needs ``exp(dt_{t+1} A)`` at step ``t`` (a shift by one), which a scan cannot
+read directly; it carries the segment's first decay instead: an element is
+``(first decay F, coefficient P, value V)`` meaning ``dh_start = V + P * (F_next dh_next)``, and
+two segments combine as ``(F_L, P_L F_R P_R, V_L + P_L F_R V_R)``.  ``a_t h_{t-1}`` is
+``h_t - dt_t B_t u_t``, so no shift is needed on the forward side either.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+import os
+
+LOG2E = 1.4426950408889634
+SOFTPLUS_THRESHOLD = 20.0
+_LIBDEVICE = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")  # False under the CPU interpreter
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _scan_combine(a_l, h_l, a_r, h_r):
+    """Compose ``h -> a_l h + h_l`` (earlier) with ``h -> a_r h + h_r`` (later)."""
+    return a_l * a_r, a_r * h_l + h_r
+
+
+@triton.jit
+def _adjoint_combine(f_r, p_r, v_r, f_l, p_l, v_l):
+    """Reverse scan (Triton passes the accumulated later segment first): see the module docstring."""
+    pf = p_l * f_r
+    return f_l, pf * p_r, v_l + pf * v_r
+
+
+@triton.jit
+def _log1p(x, LIBDEVICE: tl.constexpr):
+    if LIBDEVICE:
+        return libdevice.log1p(x)
+    else:  # Triton's CPU interpreter has no libdevice: log(1+x) with the rounding of 1+x undone
+        u = 1.0 + x
+        return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+
+
+@triton.jit
+def _step_size(raw, SOFTPLUS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """softplus with threshold 20 (or the identity), in fp32."""
+    if SOFTPLUS:
+        return tl.where(raw > 20.0, raw, _log1p(tl.exp(tl.minimum(raw, 20.0)), LIBDEVICE))
+    else:
+        return raw
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_ptr,
+                groups, dg, length, n_chunks,
+                su_b, su_c, sd_b, sd_c, sB_b, sB_g, sC_b, sC_g,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                LIBDEVICE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(dg, BLOCK_C)
+    cb = pid % n_cb
+    bg = pid // n_cb
+    g = bg % groups
+    b = (bg // groups).to(tl.int64)
+    cin = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cin < dg
+    ch = (g * dg + cin).to(tl.int64)
+    A2 = tl.load(A_ptr + ch, mask=cmask, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    row = b * groups * dg + ch                              # output row of each channel
+    u_row = u_ptr + b * su_b + ch * su_c
+    d_row = dl_ptr + b * sd_b + ch * sd_c
+    B_row = B_ptr + b * sB_b + g * sB_g
+    C_row = C_ptr + b * sC_b + g * sC_g
+    y_row = y_ptr + row * length
+    st_row = st_ptr + row * n_chunks
+    offs = tl.arange(0, BLOCK_T)
+    carry = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(n_chunks):
+        t = i * BLOCK_T + offs
+        tmask = t < length
+        m2 = cmask[:, None] & tmask[None, :]
+        tl.store(st_row + i, carry, mask=cmask)             # state entering chunk i (for backward)
+        u = tl.load(u_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        raw = tl.load(d_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32) + bias[:, None]
+        Bv = tl.load(B_row + t, mask=tmask, other=0.0).to(tl.float32)
+        Cv = tl.load(C_row + t, mask=tmask, other=0.0).to(tl.float32)
+        dt = _step_size(raw, SOFTPLUS, LIBDEVICE)
+        a = tl.where(m2, tl.exp2(dt * A2[:, None]), 1.0)
+        bv = dt * u * Bv[None, :]
+        pa, ph = tl.associative_scan((a, bv), 1, _scan_combine)
+        h = ph + pa * carry[:, None]
+        carry = tl.sum(tl.where(offs[None, :] == BLOCK_T - 1, h, 0.0), 1)
+        y = h * Cv[None, :]
+        if HAS_D:
+            y += Dv[:, None] * u
+        tl.store(y_row[:, None] + t[None, :], y, mask=m2)
+
+
+@triton.jit
+def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, st_ptr, dy_ptr,
+                du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                groups, dg, length, n_chunks,
+                su_b, su_c, sd_b, sd_c, sB_b, sB_g, sC_b, sC_g, sy_b, sy_c,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                LIBDEVICE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(dg, BLOCK_C)
+    cb = pid % n_cb
+    bg = pid // n_cb
+    g = bg % groups
+    b = (bg // groups).to(tl.int64)
+    cin = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cin < dg
+    ch = (g * dg + cin).to(tl.int64)
+    A = tl.load(A_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    row = b * groups * dg + ch
+    u_row = u_ptr + b * su_b + ch * su_c
+    d_row = dl_ptr + b * sd_b + ch * sd_c
+    dy_row = dy_ptr + b * sy_b + ch * sy_c
+    B_row = B_ptr + b * sB_b + g * sB_g
+    C_row = C_ptr + b * sC_b + g * sC_g
+    gl_row = (b * groups + g) * length                      # dB / dC buffers: (Bt, G, L) fp32
+    st_row = st_ptr + row * n_chunks
+    du_row = du_ptr + row * length
+    ddl_row = ddl_ptr + row * length
+    offs = tl.arange(0, BLOCK_T)
+    q = tl.zeros([BLOCK_C], dtype=tl.float32)               # exp(dt_s A) dh_s at the next chunk's start
+    acc_dA = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
+    acc_dD = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
+    acc_db = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
+    for j in range(n_chunks):
+        i = n_chunks - 1 - j
+        t = i * BLOCK_T + offs
+        tmask = t < length
+        m2 = cmask[:, None] & tmask[None, :]
+        h0 = tl.load(st_row + i, mask=cmask, other=0.0)
+        u = tl.load(u_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        raw = tl.load(d_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32) + bias[:, None]
+        dy = tl.load(dy_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        Bv = tl.load(B_row + t, mask=tmask, other=0.0).to(tl.float32)
+        Cv = tl.load(C_row + t, mask=tmask, other=0.0).to(tl.float32)
+        dt = _step_size(raw, SOFTPLUS, LIBDEVICE)
+        a = tl.where(m2, tl.exp2(dt * A2[:, None]), 1.0)
+        bv = dt * u * Bv[None, :]
+        pa, ph = tl.associative_scan((a, bv), 1, _scan_combine)
+        h = ph + pa * h0[:, None]
+        ones = tl.full([BLOCK_C, BLOCK_T], 1.0, tl.float32)
+        _, p, v = tl.associative_scan((a, ones, dy * Cv[None, :]), 1, _adjoint_combine, reverse=True)
+        dh = v + p * q[:, None]
+        q = tl.sum(tl.where(offs[None, :] == 0, a * dh, 0.0), 1)
+        hb = h - bv                                          # exp(dt_t A) h_{t-1}
+        dhdt = dh * dt
+        du = dhdt * Bv[None, :]
+        if HAS_D:
+            du += Dv[:, None] * dy
+            acc_dD += dy * u
+        ddt = dh * (A[:, None] * hb + Bv[None, :] * u)
+        acc_dA += dhdt * hb
+        if SOFTPLUS:
+            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+        if HAS_BIAS:
+            acc_db += tl.where(m2, ddt, 0.0)
+        tl.store(du_row[:, None] + t[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddl_row[:, None] + t[None, :], ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
+        tl.atomic_add(dB_ptr + gl_row + t, tl.sum(dhdt * u, 0), mask=tmask, sem="relaxed")
+        tl.atomic_add(dC_ptr + gl_row + t, tl.sum(dy * h, 0), mask=tmask, sem="relaxed")
+    tl.store(dA_ptr + row, tl.sum(acc_dA, 1), mask=cmask)
+    if HAS_D:
+        tl.store(dD_ptr + row, tl.sum(acc_dD, 1), mask=cmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row, tl.sum(acc_db, 1), mask=cmask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------------
+
+# BLOCK_T (shared by forward and backward: the saved states are per chunk) and
+# (BLOCK_C, num_warps) per direction; tuned on an H100 with benchmarks/scan_gpu.py (``--sweep``).
+# ``CONFIG`` may be changed at run time (the benchmark does) and applies to new calls.
+CONFIG = {"block_t": 512, "fwd": (4, 4), "bwd": (4, 4)}
+
+
+def _config(kind: str, dg: int, length: int) -> tuple[int, int, int]:
+    block_c, warps = CONFIG[kind]
+    block_t = min(CONFIG["block_t"], max(16, triton.next_power_of_2(length)))
+    block_c = min(block_c, triton.next_power_of_2(dg))
+    return block_c, block_t, warps
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd wrapper
+# --------------------------------------------------------------------------------------------------
+
+def _forward(u, delta, A, B, C, D, delta_bias, softplus: bool):
+    bt, channels, length = u.shape
+    groups = B.shape[1]
+    dg = channels // groups
+    block_c, block_t, warps = _config("fwd", dg, length)
+    n_chunks = triton.cdiv(length, block_t)
+    y = torch.empty(bt, channels, length, device=u.device, dtype=torch.float32)
+    states = torch.empty(bt, channels, n_chunks, device=u.device, dtype=torch.float32)
+    if y.numel() == 0:
+        return y, states, block_t
+    grid = (bt * groups * triton.cdiv(dg, block_c),)
+    _fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, states,
+        groups, dg, length, n_chunks,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, LIBDEVICE=_LIBDEVICE,
+        BLOCK_C=block_c, BLOCK_T=block_t, num_warps=warps)
+    return y, states, block_t
+
+
+def _backward(u, delta, A, B, C, D, delta_bias, states, dy, softplus: bool, fwd_block_t: int):
+    bt, channels, length = u.shape
+    groups = B.shape[1]
+    dg = channels // groups
+    block_c, _, warps = _config("bwd", dg, length)
+    block_t = fwd_block_t  # the saved states are per forward chunk
+    n_chunks = states.shape[-1]
+    du = torch.empty(bt, channels, length, device=u.device, dtype=u.dtype)
+    ddelta = torch.empty(bt, channels, length, device=u.device, dtype=delta.dtype)
+    dB = torch.zeros(bt, groups, 1, length, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(bt, groups, 1, length, device=u.device, dtype=torch.float32)
+    dA = torch.zeros(bt, channels, device=u.device, dtype=torch.float32)
+    dD = torch.zeros(bt, channels, device=u.device, dtype=torch.float32)
+    dbias = torch.zeros(bt, channels, device=u.device, dtype=torch.float32)
+    if du.numel():
+        grid = (bt * groups * triton.cdiv(dg, block_c),)
+        _bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
+            states, dy, du, ddelta, dB, dC, dA, dD, dbias,
+            groups, dg, length, n_chunks,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            B.stride(0), B.stride(1), C.stride(0), C.stride(1), dy.stride(0), dy.stride(1),
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, LIBDEVICE=_LIBDEVICE,
+            BLOCK_C=block_c, BLOCK_T=block_t, num_warps=warps)
+    return (du, ddelta, dA.sum(0)[:, None], dB, dC,
+            dD.sum(0) if D is not None else None, dbias.sum(0) if delta_bias is not None else None)
+
+
+class TritonSelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+        u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+        A = A.contiguous()
+        D = D.contiguous() if D is not None else None
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+        y, states, block_t = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
+        ctx.delta_softplus = delta_softplus
+        ctx.block_t = block_t
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+        dy = _last_dim_contiguous(dy)
+        du, ddelta, dA, dB, dC, dD, dbias = _backward(u, delta, A, B, C, D, delta_bias, states, dy,
+                                                      ctx.delta_softplus, ctx.block_t)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.to(D.dtype) if dD is not None else None,
+                dbias.to(delta_bias.dtype) if dbias is not None else None, None)
+
+
+def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> Optional[str]:
+    """None if this backend supports the inputs, else the reason."""
+    if u.device.type != "cuda":
+        return f"inputs are on {u.device.type}"
+    if any(t is not None and t.dtype == torch.float64 for t in (u, A, B, C, D, delta_bias)):
+        return "float64 is not supported (float32/float16/bfloat16 only)"
+    if B.shape[2] != 1:
+        return f"d_state {B.shape[2]} is not supported (the Triton kernel handles d_state 1)"
+    return None
+
+
+def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                   delta_softplus: bool) -> torch.Tensor:
+    """Validated inputs in (see ``segman.ops.selective_scan``), ``(Bt, G*Dg, L)`` float32 out."""
+    return TritonSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -1,0 +1,25 @@
+"""pytest configuration for the ``segman.ops`` tests (helpers live in ``ops_testing.py``)."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # make ``ops_testing`` importable without packages
+
+# Tiny shapes: extra threads only add overhead (and the suite must stay quick on busy machines).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state (tests also use explicit generators)."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_override(monkeypatch):
+    """Tests see automatic backend selection unless they set an override themselves."""
+    monkeypatch.delenv("SEGMAN_OPS_BACKEND", raising=False)
+    yield
