@@ -1,106 +1,156 @@
-"""Reference 2-D neighborhood attention with RPB: vectorised gathers, explicit backward.
+"""Reference 2-D neighborhood attention with RPB, as tiled matrix products (exact, CPU and GPU).
 
-Memory stays at ``O(B*heads*H*W*(K² + K*head_dim))``: the loops run over the ``K`` window rows,
-and each step gathers one ``(B, heads, H, W, K, head_dim)`` slab of keys or values.  The
-attention probabilities ``(B, heads, H, W, K, K)`` are saved for backward.  Computation is in
-float32 (float64 for float64 inputs); the output is cast back to the input dtype.
+Queries are grouped in ``t_h × t_w`` tiles.  All windows of a tile lie inside one key region of
+``(t_h + K - 1) × (t_w + K - 1)`` pixels (windows shift inwards at the borders, so the region is
+clamped the same way), so each tile is one dense ``Q_tile @ K_regionᵀ`` product.  Keys outside a
+query's window get ``-inf`` through a cached per-shape index into ``[rpb | -inf]``, which also
+yields the relative position bias.  Memory is ``O(B*heads*H*W*R)`` with ``R`` the region size,
+never ``(H*W)²``.  Dilation ``d > 1`` splits the map into its ``d × d`` dilation groups, each an
+ordinary neighborhood attention on its sub-map (NATTEN's rule).
+
+Computation is in float32 (float64 for float64 inputs); the output has the input dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import math
+from typing import NamedTuple, Optional
 
 import torch
 
-
-def window_indices(length: int, kernel_size: int, dilation: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key index ``(length, K)`` and bias index ``(length, K)`` along one axis (NATTEN's rule)."""
-    pos = torch.arange(length, device=device)
-    group, local = pos % dilation, pos // dilation
-    group_len = (length - group + dilation - 1) // dilation
-    start = torch.minimum((local - kernel_size // 2).clamp(min=0), group_len - kernel_size)
-    offsets = torch.arange(kernel_size, device=device)
-    key = group[:, None] + dilation * (start[:, None] + offsets)
-    bias = start[:, None] + offsets - local[:, None] + kernel_size - 1
-    return key, bias
+QUERY_TILE = 8
 
 
-def _gather_window(x: torch.Tensor, row_index: torch.Tensor, col_index: torch.Tensor) -> torch.Tensor:
-    """x ``(B, n, H, W, d)``, rows ``(H,)``, cols ``(W, K)`` → ``x[:, :, rows[i], cols[j, b]]`` as ``(B, n, H, W, K, d)``."""
-    b, n, _, w, d = x.shape
-    rows = x.index_select(2, row_index)
-    return rows.index_select(3, col_index.flatten()).view(b, n, row_index.numel(), w, -1, d)
+class AxisTiling(NamedTuple):
+    """Tiling of one axis of length ``length`` for kernel ``K``."""
+    tile: int              # queries per tile
+    n_tiles: int
+    key_pos: torch.Tensor  # (n_tiles, tile + K - 1) key positions of each tile's region
+    bias_idx: torch.Tensor  # (n_tiles, tile, tile + K - 1) rpb index (key - query + K - 1), -1 outside the window
 
 
-def _scatter_window(target: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor,
-                    col_index: torch.Tensor) -> None:
-    """Adjoint of :func:`_gather_window`: ``target[:, :, rows[i], cols[j, b]] += values[:, :, i, j, b]``."""
-    b, n, h, w, kk, d = values.shape
-    rows = torch.zeros(b, n, h, target.shape[3], d, dtype=values.dtype, device=values.device)
-    rows.index_add_(3, col_index.flatten(), values.reshape(b, n, h, w * kk, d))
-    target.index_add_(2, row_index, rows)
+def _axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTiling:
+    tile = min(QUERY_TILE, length - kernel_size + 1)
+    n_tiles = math.ceil(length / tile)
+    region = tile + kernel_size - 1
+    starts = torch.arange(n_tiles, device=device) * tile
+    region_start = (starts - kernel_size // 2).clamp(0, length - region)
+    key_pos = region_start[:, None] + torch.arange(region, device=device)
+    # padded queries (past the end) reuse the last query's window; their outputs are discarded
+    query_pos = (starts[:, None] + torch.arange(tile, device=device)).clamp(max=length - 1)
+    window_start = (query_pos - kernel_size // 2).clamp(0, length - kernel_size)
+    offset = key_pos[:, None, :] - window_start[:, :, None]
+    inside = (offset >= 0) & (offset < kernel_size)
+    bias_idx = torch.where(inside, key_pos[:, None, :] - query_pos[:, :, None] + kernel_size - 1, -1)
+    return AxisTiling(tile, n_tiles, key_pos, bias_idx)
+
+
+@functools.lru_cache(maxsize=64)
+def _tiling(height: int, width: int, kernel_size: int, device: torch.device):
+    """Row and column tilings plus the flat index ``(n_th, n_tw, t_h*t_w, R)`` into ``[rpb.flatten() | -inf]``."""
+    rows = _axis_tiling(height, kernel_size, device)
+    cols = _axis_tiling(width, kernel_size, device)
+    span = 2 * kernel_size - 1
+    r = rows.bias_idx[:, None, :, None, :, None]
+    c = cols.bias_idx[None, :, None, :, None, :]
+    flat = torch.where((r >= 0) & (c >= 0), r * span + c, span * span)
+    flat = flat.reshape(rows.n_tiles, cols.n_tiles, rows.tile * cols.tile, -1)
+    return rows, cols, flat
+
+
+def _to_tiles(x: torch.Tensor, rows: AxisTiling, cols: AxisTiling) -> torch.Tensor:
+    """``(B, n, H, W, d)`` → ``(B, n, n_th, n_tw, t_h*t_w, d)``, zero-padded past the map."""
+    b, n, h, w, d = x.shape
+    x = torch.nn.functional.pad(x, (0, 0, 0, cols.n_tiles * cols.tile - w, 0, rows.n_tiles * rows.tile - h))
+    x = x.view(b, n, rows.n_tiles, rows.tile, cols.n_tiles, cols.tile, d).transpose(3, 4)
+    return x.reshape(b, n, rows.n_tiles, cols.n_tiles, rows.tile * cols.tile, d)
+
+
+def _from_tiles(x: torch.Tensor, rows: AxisTiling, cols: AxisTiling, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`_to_tiles` (padding dropped)."""
+    b, n, _, _, _, d = x.shape
+    x = x.view(b, n, rows.n_tiles, cols.n_tiles, rows.tile, cols.tile, d).transpose(3, 4)
+    return x.reshape(b, n, rows.n_tiles * rows.tile, cols.n_tiles * cols.tile, d)[:, :, :height, :width]
+
+
+def _to_regions(x: torch.Tensor, rows: AxisTiling, cols: AxisTiling) -> torch.Tensor:
+    """``(B, n, H, W, d)`` → each tile's key region ``(B, n, n_th, n_tw, R, d)`` (a gather)."""
+    b, n, _, _, d = x.shape
+    rh, rw = rows.key_pos.shape[1], cols.key_pos.shape[1]
+    x = x.index_select(2, rows.key_pos.flatten()).index_select(3, cols.key_pos.flatten())
+    x = x.view(b, n, rows.n_tiles, rh, cols.n_tiles, rw, d).transpose(3, 4)
+    return x.reshape(b, n, rows.n_tiles, cols.n_tiles, rh * rw, d)
+
+
+def _from_regions(x: torch.Tensor, rows: AxisTiling, cols: AxisTiling, height: int, width: int) -> torch.Tensor:
+    """Adjoint of :func:`_to_regions`: sums region entries back onto ``(B, n, H, W, d)``."""
+    b, n, _, _, _, d = x.shape
+    rh, rw = rows.key_pos.shape[1], cols.key_pos.shape[1]
+    x = x.view(b, n, rows.n_tiles, cols.n_tiles, rh, rw, d).transpose(3, 4)
+    x = x.reshape(b, n, rows.n_tiles * rh, cols.n_tiles * rw, d)
+    per_row = x.new_zeros(b, n, rows.n_tiles * rh, width, d).index_add_(3, cols.key_pos.flatten(), x)
+    return x.new_zeros(b, n, height, width, d).index_add_(2, rows.key_pos.flatten(), per_row)
+
+
+def _bias(rpb: Optional[torch.Tensor], heads: int, kernel_size: int, flat: torch.Tensor, dtype) -> torch.Tensor:
+    """``(heads, n_th, n_tw, t_h*t_w, R)``: rpb inside each window, -inf outside."""
+    span = 2 * kernel_size - 1
+    table = torch.zeros(heads, span * span, dtype=dtype, device=flat.device) if rpb is None \
+        else rpb.to(dtype).flatten(1)
+    table = torch.cat([table, table.new_full((heads, 1), float("-inf"))], dim=1)
+    return table[:, flat]
 
 
 class NeighborhoodAttention2DFn(torch.autograd.Function):
+    """Dilation-1 neighborhood attention; see the module docstring."""
+
     @staticmethod
-    def forward(ctx, q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
+    def forward(ctx, q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        b, n, h, w, d = q.shape
-        kr, br = window_indices(h, kernel_size, dilation, q.device)
-        kc, bc = window_indices(w, kernel_size, dilation, q.device)
-        qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
-        logits = torch.empty(b, n, h, w, kernel_size, kernel_size, dtype=dtype, device=q.device)
-        q_col = (qf * scale).unsqueeze(-1)                                        # (B, n, H, W, d, 1)
-        for a in range(kernel_size):
-            logits[..., a, :] = torch.matmul(_gather_window(kf, kr[:, a], kc), q_col).squeeze(-1)
-        if rpb is not None:  # rpb[:, br[i, a], bc[j, b]] → (n, H, W, K, K), broadcast over batch
-            logits += rpb.to(dtype)[:, br[:, :, None, None], bc[None, None]].permute(0, 1, 3, 2, 4)
-        attn = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
-        out = torch.zeros(b, n, h, w, d, dtype=dtype, device=q.device)
-        for a in range(kernel_size):
-            out += torch.matmul(attn[..., a, :].unsqueeze(-2), _gather_window(vf, kr[:, a], kc)).squeeze(-2)
+        _, n, h, w, _ = q.shape
+        rows, cols, flat = _tiling(h, w, kernel_size, q.device)
+        q_t = _to_tiles(q.to(dtype), rows, cols)
+        k_r = _to_regions(k.to(dtype), rows, cols)
+        v_r = _to_regions(v.to(dtype), rows, cols)
+        logits = torch.matmul(q_t, k_r.transpose(-1, -2)).mul_(scale).add_(_bias(rpb, n, kernel_size, flat, dtype))
+        attn = torch.softmax(logits, dim=-1)
+        out = _from_tiles(torch.matmul(attn, v_r), rows, cols, h, w)
         ctx.save_for_backward(q, k, v, rpb, attn)
-        ctx.kernel_size, ctx.dilation, ctx.scale = kernel_size, dilation, scale
+        ctx.kernel_size, ctx.scale = kernel_size, scale
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, rpb, attn = ctx.saved_tensors
-        kernel_size, scale = ctx.kernel_size, ctx.scale
         dtype = attn.dtype
-        b, n, h, w, d = q.shape
-        kr, br = window_indices(h, kernel_size, ctx.dilation, q.device)
-        kc, bc = window_indices(w, kernel_size, ctx.dilation, q.device)
-        qf, kf, vf, dout = q.to(dtype), k.to(dtype), v.to(dtype), dout.to(dtype)
-
-        dattn = torch.empty_like(attn)
-        dv = torch.zeros_like(vf)
-        dout_col = dout.unsqueeze(-1)
-        for a in range(kernel_size):
-            dattn[..., a, :] = torch.matmul(_gather_window(vf, kr[:, a], kc), dout_col).squeeze(-1)
-            _scatter_window(dv, attn[..., a, :].unsqueeze(-1) * dout.unsqueeze(-2), kr[:, a], kc)
-        dlogits = attn * (dattn - (attn * dattn).sum((-2, -1), keepdim=True))   # softmax backward
-
+        _, n, h, w, _ = q.shape
+        rows, cols, flat = _tiling(h, w, ctx.kernel_size, q.device)
+        q_t = _to_tiles(q.to(dtype), rows, cols)
+        k_r = _to_regions(k.to(dtype), rows, cols)
+        v_r = _to_regions(v.to(dtype), rows, cols)
+        dout_t = _to_tiles(dout.to(dtype), rows, cols)
+        dattn = torch.matmul(dout_t, v_r.transpose(-1, -2))
+        dlogits = attn * (dattn - (attn * dattn).sum(-1, keepdim=True))   # softmax backward
+        dq = _from_tiles(torch.matmul(dlogits, k_r), rows, cols, h, w).mul_(ctx.scale)
+        dk = _from_regions(torch.matmul(dlogits.transpose(-1, -2), q_t), rows, cols, h, w).mul_(ctx.scale)
+        dv = _from_regions(torch.matmul(attn.transpose(-1, -2), dout_t), rows, cols, h, w)
         drpb = None
-        if rpb is not None:  # adjoint of the bias gather, summed over the batch
-            span = 2 * kernel_size - 1
-            per_query = dlogits.sum(0).permute(0, 1, 3, 2, 4).reshape(n, h * kernel_size, w, kernel_size)
-            rows = torch.zeros(n, span, w, kernel_size, dtype=dtype, device=q.device)
-            rows.index_add_(1, br.flatten(), per_query)
-            drpb = torch.zeros(n, span, span, dtype=dtype, device=q.device)
-            drpb.index_add_(2, bc.flatten(), rows.reshape(n, span, w * kernel_size))
-            drpb = drpb.to(rpb.dtype)
-
-        dq = torch.zeros_like(qf)
-        dk = torch.zeros_like(kf)
-        for a in range(kernel_size):
-            dl = dlogits[..., a, :]                                              # (B, n, H, W, K)
-            dq += torch.matmul(dl.unsqueeze(-2), _gather_window(kf, kr[:, a], kc)).squeeze(-2)
-            _scatter_window(dk, dl.unsqueeze(-1) * qf.unsqueeze(-2), kr[:, a], kc)
-        return (dq.mul_(scale).to(q.dtype), dk.mul_(scale).to(k.dtype), dv.to(v.dtype),
-                None, None, drpb, None)
+        if rpb is not None:  # adjoint of the bias gather, summed over the batch; the -inf slot is dropped
+            span = 2 * ctx.kernel_size - 1
+            drpb = dlogits.new_zeros(n, span * span + 1)
+            drpb.index_add_(1, flat.flatten(), dlogits.sum(0).reshape(n, -1))
+            drpb = drpb[:, :-1].view(n, span, span).to(rpb.dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, drpb, None
 
 
 def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
                               scale: float) -> torch.Tensor:
     """Validated inputs in, ``(B, heads, H, W, head_dim)`` out."""
-    return NeighborhoodAttention2DFn.apply(q, k, v, kernel_size, dilation, rpb, scale)
+    if dilation == 1:
+        return NeighborhoodAttention2DFn.apply(q, k, v, kernel_size, rpb, scale)
+    out = torch.empty_like(q)
+    for gr in range(dilation):
+        for gc in range(dilation):
+            group = (slice(None), slice(None), slice(gr, None, dilation), slice(gc, None, dilation))
+            out[group] = NeighborhoodAttention2DFn.apply(q[group], k[group], v[group], kernel_size, rpb, scale)
+    return out
