@@ -1,0 +1,59 @@
+"""CPU inference time of the SegMAN segmentors (backbone + MMSC decoder) on one 512×512 image.
+
+Each model runs under ``torch.inference_mode()`` in eval mode: one warm-up forward, then the
+median of ``--repeats`` forwards.  The forward returns the 1/8-resolution logits (150 ADE20K
+classes), as ``SegMAN.forward`` does; the final resize to 512×512 is not included.
+
+Usage: python benchmarks/model_cpu.py [--threads 2] [--repeats 5] [--variants t s]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from segman.models import SegMAN
+
+
+def median_ms(model: torch.nn.Module, img: torch.Tensor, repeats: int) -> float:
+    """Median wall time of ``model(img)`` in ms after one warm-up call."""
+    with torch.inference_mode():
+        model(img)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(img)
+            samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=["t", "s"], choices=["t", "s", "b", "l"])
+    parser.add_argument("--size", type=int, default=512, help="square input side (multiple of 32, >= 224)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    img = torch.randn(1, 3, args.size, args.size)
+
+    rows = []
+    for variant in args.variants:
+        model = SegMAN(variant, num_classes=150).eval()
+        params = sum(p.numel() for p in model.parameters())
+        rows.append((f"SegMAN-{variant.upper()}", params, median_ms(model, img, args.repeats)))
+
+    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+          f"input 1×3×{args.size}×{args.size}, median of {args.repeats}")
+    print(f"| {'model':<10} | {'params':>12} | {'ms':>9} |")
+    print(f"|{'-' * 12}|{'-' * 14}|{'-' * 11}|")
+    for name, params, ms in rows:
+        print(f"| {name:<10} | {params:>12,} | {ms:>9.1f} |")
+
+
+if __name__ == "__main__":
+    main()
