@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.segman-installed
 
-.PHONY: install test bench clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,17 @@ $(STAMP): constraints.txt requirements.txt setup.py scripts/install_mmcv.py
 
 test: install
 	$(PY) -m pytest -q tests
+
+# SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw a prediction.
+DEMO := demo_output
+SEG := cd segmentation && ../$(PY)
+demo: install
+	$(SEG) tools/make_toy_dataset.py data/toy_shapes
+	$(SEG) tools/train.py local_configs/segman/tiny/segman_t_toy.py --work-dir ../$(DEMO)/train --seed 0 --no-validate
+	$(SEG) tools/test.py local_configs/segman/tiny/segman_t_toy.py ../$(DEMO)/train/latest.pth --eval mIoU --work-dir ../$(DEMO)
+	$(SEG) tools/plot_loss.py ../$(DEMO)/train --out ../$(DEMO)/loss_curve.png
+	$(SEG) tools/image_demo.py data/toy_shapes/images/validation/toy_validation_00000.jpg local_configs/segman/tiny/segman_t_toy.py ../$(DEMO)/train/latest.pth --out-file ../$(DEMO)/prediction.png
+	@echo "demo done: data in segmentation/data/toy_shapes, checkpoints and logs (TensorBoard: $(DEMO)/train/tf_logs) in $(DEMO)/train, metrics JSON in $(DEMO), loss curve $(DEMO)/loss_curve.png, prediction $(DEMO)/prediction.png"
 
 bench: install
 	$(PY) benchmarks/ops_cpu.py

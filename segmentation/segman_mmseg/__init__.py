@@ -1,0 +1,11 @@
+"""mmseg 0.30 plugin for SegMAN: registers the backbones ``SegMANEncoder_{t,s,b,l,l2}``, the head
+``SegMANDecoder`` (alias ``MMSCDecoder``) and the ``AlignedResize`` transform, and applies the
+mmcv-full 1.7.2 compatibility fixes for current torch (:mod:`segman_mmseg.compat`).
+
+Configs load it with ``custom_imports = dict(imports=['segman_mmseg'])``.
+"""
+from . import compat
+
+compat.apply()
+
+from . import backbone, decode_head, transforms  # noqa: E402,F401  (registration side effects)

@@ -1,0 +1,56 @@
+"""mmseg decode head ``SegMANDecoder`` (alias ``MMSCDecoder``), SPEC §4.
+
+A ``BaseDecodeHead`` (input selection, dropout, ``conv_seg``, losses) that reuses the MMSC fusion
+of :mod:`segman.models.decoder` unchanged, so parameter names match the official checkpoints
+(``decode_head.linear_c4.proj.weight``, ``decode_head.vssm.*``, ...).  Every ConvModule uses the
+config's ``norm_cfg`` (the original hard-coded SyncBN; ``tools/train.py`` turns SyncBN into BN
+outside distributed runs).
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Sequence
+
+import torch
+from mmcv.cnn import build_norm_layer
+from mmseg.models.builder import HEADS
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from torch import nn
+
+from segman.models import MMSCFusion
+
+from .config_checks import reject_unknown_arguments
+
+# Keys the original configs pass but its decoder never reads (SPEC §4.1).
+LEGACY_UNUSED_KEYS = ('image_size', 'channel_split', 'short_cut', 'interpolate_mode', 'use_rpb', 'decoder_params')
+_BASE_ARGS = tuple(p for p in inspect.signature(BaseDecodeHead.__init__).parameters if p not in ('self', 'input_transform'))
+
+
+@HEADS.register_module(name=['SegMANDecoder', 'MMSCDecoder'])
+class SegMANDecoder(MMSCFusion, BaseDecodeHead):
+    """MMSC decoder: multi-scale fusion with a selective-scan block at 1/32, logits at 1/8.
+
+    Args:
+        feat_proj_dim: width ``P`` of the per-scale projections (T 192, S 288, B 320, L 432).
+        **kwargs: ``BaseDecodeHead`` arguments (``in_channels`` = the four encoder widths,
+            ``channels``, ``num_classes``, ``norm_cfg``, ``dropout_ratio``, ``loss_decode``, ...).
+    """
+
+    def __init__(self, feat_proj_dim: int, **kwargs: Any) -> None:
+        legacy = [k for k in LEGACY_UNUSED_KEYS if kwargs.pop(k, None) is not None]
+        if legacy:
+            warnings.warn(f'SegMANDecoder ignores {legacy}: the original accepted but never used them')
+        reject_unknown_arguments('SegMANDecoder', kwargs, _BASE_ARGS + ('feat_proj_dim',))
+        super().__init__(input_transform='multiple_select', **kwargs)
+        self.init_mmsc(self.in_channels, self.channels, feat_proj_dim, norm_layer=self._norm,
+                       pool_norm_layer=self._norm, align_corners=self.align_corners)
+
+    def _norm(self, channels: int) -> nn.Module:
+        if self.norm_cfg is None:
+            return nn.BatchNorm2d(channels)
+        return build_norm_layer(self.norm_cfg, channels)[1]
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The four encoder maps → logits ``(B, num_classes, H/8, W/8)``."""
+        return self.cls_seg(self.fuse(self._transform_inputs(inputs)))

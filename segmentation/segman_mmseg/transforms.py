@@ -1,0 +1,51 @@
+"""``AlignedResize``: keep-ratio resize, then stretch both sides up to multiples of 32 (SPEC §5.4)."""
+from __future__ import annotations
+
+import math
+
+import mmcv
+import numpy as np
+from mmseg.datasets.builder import PIPELINES
+from mmseg.datasets.pipelines import Resize
+
+
+@PIPELINES.register_module()
+class AlignedResize(Resize):
+    """mmseg ``Resize`` followed by a resize (not a pad) to ``ceil(h/d)*d × ceil(w/d)*d``.
+
+    SegMAN's encoder needs inputs that are multiples of 32.  The image is resized bilinearly and
+    the label with nearest neighbour; ``img_shape`` and ``scale_factor`` describe the final size.
+
+    Args:
+        size_divisor: the multiple both sides are resized up to (default 32).
+        **kwargs: the arguments of mmseg's ``Resize``.
+    """
+
+    def __init__(self, size_divisor: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.size_divisor = size_divisor
+
+    def _aligned(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) → (w', h') rounded up to the divisor, in mmcv's (w, h) size order."""
+        h, w = shape
+        d = self.size_divisor
+        return int(math.ceil(w / d)) * d, int(math.ceil(h / d)) * d
+
+    def _resize_img(self, results: dict) -> None:
+        super()._resize_img(results)
+        orig_h, orig_w = results['ori_shape'][:2]
+        img = mmcv.imresize(results['img'], self._aligned(results['img'].shape[:2]))
+        h, w = img.shape[:2]
+        results['img'] = img
+        results['img_shape'] = img.shape
+        results['pad_shape'] = img.shape
+        results['scale_factor'] = np.array([w / orig_w, h / orig_h] * 2, dtype=np.float32)
+
+    def _resize_seg(self, results: dict) -> None:
+        super()._resize_seg(results)
+        for key in results.get('seg_fields', []):
+            results[key] = mmcv.imresize(results[key], self._aligned(results[key].shape[:2]),
+                                         interpolation='nearest')
+
+    def __repr__(self) -> str:
+        return f'{super().__repr__()[:-1]}, size_divisor={self.size_divisor})'

@@ -1,0 +1,69 @@
+"""Clear errors for the mistakes users make with configs, data and checkpoints."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import CONFIGS
+from mmcv.utils import Config
+
+import segman_mmseg  # noqa: F401
+from mmseg.models import build_segmentor
+from segman_mmseg.config_checks import check_config, report_batch_size, warn_misspelled_keys
+
+T_ADE = str(CONFIGS / "segman/tiny/segman_t_ade.py")
+
+
+def _cfg(**options) -> Config:
+    cfg = Config.fromfile(T_ADE)
+    cfg.model.backbone.pretrained = None
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+def test_unknown_backbone_type_names_the_registry():
+    cfg = _cfg(**{"model.backbone.type": "SegMANEncoder_x"})
+    with pytest.raises(KeyError, match="SegMANEncoder_x is not in the (models|backbone) registry"):
+        build_segmentor(cfg.model)
+
+
+def test_decoder_key_typo_suggests_the_right_key():
+    cfg = _cfg(**{"model.decode_head.num_clases": 19})
+    with pytest.raises(TypeError, match="'num_clases' \\(did you mean 'num_classes'\\?\\)"):
+        build_segmentor(cfg.model)
+
+
+def test_backbone_key_typo_suggests_the_right_key():
+    cfg = _cfg(**{"model.backbone.drop_path": 0.1})
+    with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
+        build_segmentor(cfg.model)
+
+
+def test_missing_imagenet_checkpoint_fails_at_build_time():
+    cfg = _cfg(**{"model.backbone.pretrained": "pretrained/missing.pth.tar"})
+    with pytest.raises(FileNotFoundError, match="model.backbone.pretrained=None"):
+        build_segmentor(cfg.model)
+
+
+def test_missing_data_root_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data/ADEChallengeData2016/images/training.*README"):
+        check_config(_cfg(), training=True)
+
+
+def test_misspelled_top_level_key_warns():
+    cfg = _cfg()
+    cfg.evalution = dict(interval=10)
+    with pytest.warns(UserWarning, match="did you mean 'evaluation'"):
+        warn_misspelled_keys(cfg)
+
+
+def test_total_batch_differing_from_the_paper_warns(caplog):
+    logger = logging.getLogger("test_batch")
+    with caplog.at_level(logging.INFO, logger="test_batch"):
+        assert report_batch_size(_cfg(), world_size=2, logger=logger) == 8
+    assert "differs from the paper's 16" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test_batch"):
+        report_batch_size(_cfg(), world_size=4, logger=logger)
+    assert "differs" not in caplog.text
