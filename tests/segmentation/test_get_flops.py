@@ -1,0 +1,97 @@
+"""Tests for ``segmentation/tools/get_flops.py`` (FLOP convention of SPEC §7)."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+
+from segman.ops import neighborhood_attention_2d, selective_scan
+from segman.ops.torch_backend.selective_scan import SelectiveScanFn
+
+SEG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "segmentation")
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"segman_tools_{name}", osp.join(SEG_DIR, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def get_flops():
+    pytest.importorskip("fvcore")
+    return _load_tool("get_flops")
+
+
+@pytest.fixture
+def in_seg_dir(monkeypatch):
+    """Configs use paths relative to ``segmentation/``, as the tools are run from there."""
+    monkeypatch.chdir(SEG_DIR)
+
+
+def _flops(get_flops, fn, *inputs):
+    class Wrap(nn.Module):
+        def forward(self, *xs):
+            return fn(*xs)
+
+    with torch.no_grad():
+        return get_flops.flop_analysis(Wrap(), inputs).total()
+
+
+class TestHandles:
+    def test_neighborhood_attention(self, get_flops):
+        b, n, h, w, hd, k = 1, 2, 9, 10, 4, 5
+        q = torch.randn(b, n, h, w, hd)
+        rpb = torch.zeros(n, 2 * k - 1, 2 * k - 1)
+        got = _flops(get_flops, lambda q, r: neighborhood_attention_2d(q, q, q, k, rpb=r, scale=1.0), q, rpb)
+        assert got == 2 * b * n * h * w * hd * k * k + b * n * h * w * k * k
+
+    def test_neighborhood_attention_without_rpb(self, get_flops):
+        q = torch.randn(1, 1, 7, 7, 8)
+        got = _flops(get_flops, lambda q: neighborhood_attention_2d(q, q, q, 3), q)
+        assert got == 2 * 49 * 8 * 9 + 49 * 9
+
+    @pytest.mark.parametrize("fn_class", ["SelectiveScanFn", "TritonLikeSelectiveScanFn"])
+    def test_selective_scan(self, get_flops, fn_class):
+        """Any Function whose class name contains ``SelectiveScan`` is counted (one handle per backend)."""
+        bt, groups, dg, n_state, length = 2, 4, 3, 2, 6
+        channels = groups * dg
+        u = torch.randn(bt, channels, length)
+        a = -torch.rand(channels, n_state)
+        bc = torch.randn(bt, groups, n_state, length)
+        fn = SelectiveScanFn if fn_class == "SelectiveScanFn" else type(fn_class, (SelectiveScanFn,), {})
+        got = _flops(get_flops, lambda u, a, bc: fn.apply(u, u, a, bc, bc, None, None, True), u, a, bc)
+        assert got == 9 * bt * length * channels * n_state + bt * channels * length
+        public = _flops(get_flops, lambda u, a, bc: selective_scan(u, u, a, bc, bc), u, a, bc)
+        assert public == got
+
+    def test_sdpa_counts_like_einsums(self, get_flops):
+        b, n, length, hd = 1, 3, 16, 8
+        q = torch.randn(b, n, length, hd)
+        got = _flops(get_flops, lambda q: nn.functional.scaled_dot_product_attention(q, q, q), q)
+        assert got == 2 * b * n * length * length * hd
+
+
+def test_tiny_ade_512(get_flops, in_seg_dir, capsys):
+    """SegMAN-T ADE20K at 512×512: README 6.2 G / 6.4 M (SPEC §7: 3.39 + 2.82, 6,397,260 params)."""
+    result = get_flops.main(["local_configs/segman/tiny/segman_t_ade.py", "--shape", "512", "512", "--fvcore-only"])
+    assert abs(result["total"] - 6.2) < 0.05
+    assert abs(result["encoder"] - 3.39) < 0.005
+    assert abs(result["decoder"] - 2.82) < 0.005
+    assert result["params"] == 6_397_260
+    assert result["backbone_params"] == 2_281_334
+    assert result["decode_head_params"] == 4_115_926
+    out = capsys.readouterr().out
+    assert "6.22 G" in out and "6,397,260" in out
+
+
+def test_missing_config(get_flops, in_seg_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        get_flops.main(["local_configs/segman/tiny/no_such_config.py"])
+
+
+def test_needs_config_or_imagenet(get_flops):
+    with pytest.raises(SystemExit):
+        get_flops.parse_args([])
