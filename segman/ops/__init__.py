@@ -7,6 +7,7 @@ from .cross_scan import cross_merge, cross_scan
 from .dispatch import BackendError, force_backend
 from .neighborhood_attention import neighborhood_attention_2d
 from .selective_scan import selective_scan
+from .ss2d import ss2d_scan
 
-__all__ = ["selective_scan", "cross_scan", "cross_merge", "neighborhood_attention_2d",
+__all__ = ["selective_scan", "cross_scan", "cross_merge", "ss2d_scan", "neighborhood_attention_2d",
            "force_backend", "BackendError"]

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence
 logger = logging.getLogger("segman.ops")
 
 ENV_VAR = "SEGMAN_OPS_BACKEND"
-ALL_OPS = ("selective_scan", "cross_scan", "cross_merge", "neighborhood_attention_2d")
+ALL_OPS = ("selective_scan", "cross_scan", "cross_merge", "ss2d_scan", "neighborhood_attention_2d")
 
 _override: Optional[str] = None
 

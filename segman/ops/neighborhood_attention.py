@@ -9,6 +9,7 @@ With dilation 1 this is ``clamp(i - K//2, 0, H - K)``.  The bias for key ``a`` o
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import torch
@@ -27,7 +28,52 @@ def _torch_run(*args):
     return impl(*args)
 
 
-BACKENDS = [Backend("torch", _torch_can_run, _torch_run)]
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TRITON_MAX_HEAD_DIM = 128
+_TRITON_MAX_KERNEL_SIZE = 13
+
+
+def _triton_can_run(q, k, v, kernel_size, dilation, rpb, scale) -> Optional[str]:
+    if not q.is_cuda:
+        return f"inputs are on {q.device.type}"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if q.dtype not in _TRITON_DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
+    if dilation != 1:
+        return f"dilation {dilation} > 1 is not supported"
+    if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
+        return f"head_dim {q.shape[-1]} > {_TRITON_MAX_HEAD_DIM}"
+    if kernel_size > _TRITON_MAX_KERNEL_SIZE:
+        return f"kernel_size {kernel_size} > {_TRITON_MAX_KERNEL_SIZE}"
+    if q.dtype == torch.bfloat16 and torch.cuda.get_device_capability(q.device) < (8, 0):
+        return "bfloat16 needs a GPU of compute capability >= 8.0"
+    return None
+
+
+def _triton_run(*args):
+    from .triton_backend.neighborhood_attention import neighborhood_attention_2d as impl
+
+    return impl(*args)
+
+
+def _natten_can_run(*args) -> Optional[str]:
+    from .natten_backend.neighborhood_attention import can_run
+
+    return can_run(*args)
+
+
+def _natten_run(*args):
+    from .natten_backend.neighborhood_attention import neighborhood_attention_2d as impl
+
+    return impl(*args)
+
+
+# Fastest first.  natten runs only without rpb and with head dims its fused kernels take (never for
+# SegMAN's RPB attention); triton covers fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
+BACKENDS = [Backend("natten", _natten_can_run, _natten_run),
+            Backend("triton", _triton_can_run, _triton_run),
+            Backend("torch", _torch_can_run, _torch_run)]
 
 
 def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
@@ -49,7 +95,10 @@ def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         rpb: optional ``(heads, 2K-1, 2K-1)`` relative position bias.
         scale: multiplies ``q·k`` before the bias is added; None means ``head_dim ** -0.5``
             (SegMAN pre-scales q and passes 1.0).
-        backend: force ``"torch"``; None picks the fastest backend that supports the inputs.
+        backend: force ``"natten"`` (installed NATTEN with its CUDA library; no rpb),
+            ``"triton"`` (CUDA, dilation 1, head_dim <= 128, kernel_size <= 13) or ``"torch"``
+            (the exact reference, CPU and GPU); None picks the first in that order that supports
+            the inputs.
 
     Returns:
         ``(B, heads, H, W, head_dim)`` in the dtype of ``q``.  No ``(H*W)²`` matrix is formed.

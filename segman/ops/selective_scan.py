@@ -1,6 +1,7 @@
 """Selective scan (S6 / Mamba recurrence with K groups), SPEC §2.1-2.3."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import torch
@@ -19,7 +20,39 @@ def _torch_run(*args, **kwargs):
     return impl(*args, **kwargs)
 
 
-BACKENDS = [Backend("torch", _torch_can_run, _torch_run)]
+def _cuda_can_run(*args, **kwargs) -> Optional[str]:
+    from .cuda_backend.selective_scan import can_run
+
+    return can_run(*args, **kwargs)
+
+
+def _cuda_run(*args, **kwargs):
+    from .cuda_backend.selective_scan import selective_scan as impl
+
+    return impl(*args, **kwargs)
+
+
+def _triton_can_run(u, *args, **kwargs) -> Optional[str]:
+    if u.device.type != "cuda":
+        return f"inputs are on {u.device.type}"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    from .triton_backend.selective_scan import can_run
+
+    return can_run(u, *args, **kwargs)
+
+
+def _triton_run(*args, **kwargs):
+    from .triton_backend.selective_scan import selective_scan as impl
+
+    return impl(*args, **kwargs)
+
+
+# Fastest first (benchmarks/RESULTS.md, "GPU selective scan", H100): the CUDA extension when it is
+# built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
+BACKENDS = [Backend("cuda", _cuda_can_run, _cuda_run),
+            Backend("triton", _triton_can_run, _triton_run),
+            Backend("torch", _torch_can_run, _torch_run)]
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -41,7 +74,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         D: optional ``(G*Dg,)`` skip weights.
         delta_bias: optional ``(G*Dg,)`` added to ``delta`` before the softplus.
         delta_softplus: apply softplus (threshold 20) to the step sizes.
-        backend: force ``"torch"`` (more arrive with the GPU kernels); None picks the fastest.
+        backend: force ``"cuda"`` (the optional extension of kernels/selective_scan, d_state <= 16),
+            ``"triton"`` (any d_state, tuned for 1) or ``"torch"`` (the reference, CPU and GPU); None picks the
+            fastest one that supports the inputs.  The GPU backends take float32/float16/bfloat16.
 
     Returns:
         ``(Bt, G*Dg, L)`` in float32 (float64 for float64 inputs), whatever the input dtype.

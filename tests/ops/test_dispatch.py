@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ops_testing import ALL_BACKENDS, op_backend_names
-from segman.ops import (BackendError, cross_merge, cross_scan, force_backend, neighborhood_attention_2d,
+from segman.ops import (BackendError, cross_merge, cross_scan, force_backend, neighborhood_attention_2d, ss2d_scan,
                         selective_scan)
 
 dispatch = importlib.import_module("segman.ops.dispatch")
@@ -31,6 +31,8 @@ CALLS = {
     "selective_scan": lambda **kw: selective_scan(*_scan_inputs(), **kw),
     "cross_scan": lambda **kw: cross_scan(torch.randn(1, 2, 3, 4), **kw),
     "cross_merge": lambda **kw: cross_merge(torch.randn(1, 4, 2, 3, 4), **kw),
+    "ss2d_scan": lambda **kw: ss2d_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 8, 12), -torch.rand(8, 1),
+                                        torch.randn(1, 4, 1, 12), torch.randn(1, 4, 1, 12), **kw),
     "neighborhood_attention_2d": lambda **kw: neighborhood_attention_2d(*_na_inputs(), **kw),
 }
 OPS = list(CALLS)

@@ -142,6 +142,7 @@ class TestForwardAgainstLoop:
     def test_noncontiguous_inputs(self, backend, device, case, dtype):
         *shape, kernel_size, dilation = case
         q, k, v, rpb = make_qkv(*shape, kernel_size, dtype, noncontig=True, device=device)
+        skip_if_backend_declines("neighborhood_attention", backend, q, k, v, kernel_size, dilation, rpb, 1.0)
         out = neighborhood_attention_2d(q, k, v, kernel_size, dilation=dilation, rpb=rpb, backend=backend)
         ref = ref_neighborhood_attention_2d(q, k, v, kernel_size, dilation, rpb)
         assert_rel_close(out, ref, FWD_TOL[dtype], f"{backend} non-contiguous")
@@ -153,6 +154,7 @@ class TestForwardAgainstLoop:
     def test_float32_rpb_with_bf16_inputs(self, backend, device):
         """SegMAN keeps the rpb parameter in fp32 under autocast; NATTEN casts it to k's dtype."""
         q, k, v, rpb = make_qkv(2, 2, 7, 8, 20, 5, BF16, rpb_dtype=F32, device=device)
+        skip_if_backend_declines("neighborhood_attention", backend, q, k, v, 5, 1, rpb, 1.0)
         out = neighborhood_attention_2d(q, k, v, 5, rpb=rpb, backend=backend)
         assert out.dtype == BF16
         ref = ref_neighborhood_attention_2d(q, k, v, 5, 1, rpb.to(BF16))
@@ -169,6 +171,7 @@ class TestForwardAgainstLoop:
         """Softmax weights sum to one: constant v gives that constant, whatever q, k and rpb."""
         q, k, v, rpb = make_qkv(1, 2, 6, 9, 20, 5, F32, device=device)
         v = torch.full_like(v, 0.25)
+        skip_if_backend_declines("neighborhood_attention", backend, q, k, v, 5, 1, rpb, 1.0)
         out = neighborhood_attention_2d(q, k, v, 5, rpb=rpb * 10, backend=backend)
         torch.testing.assert_close(out, v, rtol=1e-6, atol=1e-6)
 
@@ -181,6 +184,7 @@ class TestForwardAgainstLoop:
         q, k, v, _ = make_qkv(1, 1, height, width, 4, kernel_size, F64, with_rpb=False, device=device)
         rpb = torch.zeros(1, 5, 5, dtype=F64, device=device)
         rpb[0, 2 + 1, 2 - 1] = 1e4  # key row = query row + 1 (in group coordinates), key col = col - 1
+        skip_if_backend_declines("neighborhood_attention", backend, q, k, v, kernel_size, dilation, rpb, 1.0)
         out = neighborhood_attention_2d(q, k, v, kernel_size, dilation=dilation, rpb=rpb, backend=backend)
         for i in range(height):
             rows, row_bias = na_axis_window(i, height, kernel_size, dilation)
@@ -225,6 +229,8 @@ class TestGradients:
         *shape, kernel_size, dilation = case
         tensors = [t for t in make_qkv(*shape, kernel_size, dtype, with_rpb=with_rpb, seed=2, device=device)
                    if t is not None]
+        skip_if_backend_declines("neighborhood_attention", backend, *tensors[:3], kernel_size, dilation,
+                                 tensors[3] if with_rpb else None, 1.0)
         leaves = [t.detach().clone().requires_grad_() for t in tensors]
         leaves64 = [t.detach().to("cpu", F64).requires_grad_() for t in tensors]
         gout = torch.randn(shape, dtype=F64)

@@ -1,0 +1,289 @@
+"""GPU timings of 2-D neighborhood attention with RPB at SegMAN-S training shapes (512×512 crops).
+
+Shapes (batch 16, the four encoder stages): stage 1: 2 heads × 32, 128², K 11; stage 2: 4 × 36, 64²,
+K 9; stage 3: 8 × 36, 32², K 7; stage 4: 16 × 32, 16², K 7.  Each in fp32 and bf16, forward and
+forward+backward (gradients of q, k, v and of a learnable rpb), for
+
+* ``triton``: ``segman.ops`` triton backend (autotuned tiles, printed below the table);
+* ``torch``: the reference backend (vectorised gathers);
+* ``flex``: ``torch.nn.attention.flex_attention`` compiled, with a neighborhood block mask and an
+  RPB ``score_mod`` reading a learnable bias: the baseline (only when importable).
+
+The floor is the time to move the bytes that must move once (forward: q, k, v, rpb read and the
+output written; forward+backward adds q, k, v, o, dO, rpb read and dq, dk, dv, d_rpb written) at
+the device-to-device copy bandwidth measured in the same run (bytes read + written per second).
+
+Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex] [--dtypes fp32,bf16]
+       [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from typing import Callable, Optional
+
+import torch
+import triton
+import triton.testing
+
+from segman.ops import neighborhood_attention_2d
+from segman.ops.triton_backend import neighborhood_attention as tb
+
+STAGES = {  # name: (heads, head_dim, map side, kernel size)
+    1: (2, 32, 128, 11),
+    2: (4, 36, 64, 9),
+    3: (8, 36, 32, 7),
+    4: (16, 32, 16, 7),
+}
+BATCH = 16
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def bench(fn: Callable[[], object]) -> float:
+    """Median ms (events, L2 flushed between runs)."""
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy."""
+    x = torch.empty(2 ** 28, dtype=torch.float32, device="cuda").normal_()
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def make_inputs(stage: int, dtype: torch.dtype, seed: int = 0):
+    heads, head_dim, side, kernel_size = STAGES[stage]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (BATCH, heads, side, side, head_dim)
+    q, k, v = (torch.randn(shape, generator=gen, device="cuda", dtype=dtype).requires_grad_() for _ in range(3))
+    n = 2 * kernel_size - 1
+    rpb = (torch.randn(heads, n, n, generator=gen, device="cuda") * 0.5).requires_grad_()
+    return q, k, v, rpb, kernel_size, head_dim ** -0.5
+
+
+def floor_bytes(q: torch.Tensor, rpb: torch.Tensor) -> tuple[int, int]:
+    act, bias = q.numel() * q.element_size(), rpb.numel() * rpb.element_size()
+    fwd = 4 * act + bias                       # q, k, v, rpb in; out
+    return fwd, fwd + 8 * act + 2 * bias       # + q, k, v, o, dO, rpb in; dq, dk, dv, d_rpb out
+
+
+def flex_fn(side: int, kernel_size: int, heads: int) -> Optional[Callable]:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    r = kernel_size // 2
+    nb = 2 * kernel_size - 1
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per stage/dtype/grad mode
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def start(x):
+        return torch.clamp(x - r, 0, side - kernel_size)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qi, qj, ki, kj = q_idx // side, q_idx % side, kv_idx // side, kv_idx % side
+        si, sj = start(qi), start(qj)
+        return (ki >= si) & (ki < si + kernel_size) & (kj >= sj) & (kj < sj + kernel_size)
+
+    block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=side * side, KV_LEN=side * side, device="cuda")
+
+    def run(q, k, v, rpb, scale):
+        def score_mod(score, b, h, q_idx, kv_idx):
+            qi, qj, ki, kj = q_idx // side, q_idx % side, kv_idx // side, kv_idx % side
+            # clamped: outside the window the block mask drops the score anyway
+            di = torch.clamp(ki - qi + kernel_size - 1, 0, nb - 1)
+            dj = torch.clamp(kj - qj + kernel_size - 1, 0, nb - 1)
+            return score + rpb[h, di, dj]
+
+        flat = [t.flatten(2, 3) for t in (q, k, v)]
+        out = compiled(*flat, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        return out.unflatten(2, (side, side))
+
+    return run
+
+
+def provider_fn(name: str, stage: int):
+    heads, _, side, kernel_size = STAGES[stage]
+    if name == "flex":
+        return flex_fn(side, kernel_size, heads)
+
+    def run(q, k, v, rpb, scale):
+        return neighborhood_attention_2d(q, k, v, kernel_size, rpb=rpb, scale=scale, backend=name)
+
+    return run
+
+
+def time_provider(fn, inputs) -> tuple[float, float]:
+    q, k, v, rpb, _, scale = inputs
+    leaves = [q, k, v, rpb]
+    with torch.no_grad():
+        fwd = bench(lambda: fn(q, k, v, rpb, scale))
+    gout = torch.randn_like(q)
+
+    def fwd_bwd():
+        torch.autograd.grad(fn(q, k, v, rpb, scale), leaves, gout)
+
+    return fwd, bench(fwd_bwd)
+
+
+def rel_err(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def table(args) -> None:
+    bw = copy_bandwidth()
+    rows = []
+    print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"{datetime.date.today()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    header = ("| stage | dtype | pass | triton ms | floor ms | triton/floor | torch ms | flex ms | flex/triton "
+              "| triton err vs torch |")
+    for stage in args.stages:
+        for dname in args.dtypes:
+            inputs = make_inputs(stage, DTYPES[dname])
+            q, k, v, rpb, kernel_size, scale = inputs
+            fwd_bytes, all_bytes = floor_bytes(q, rpb)
+            times, err = {}, float("nan")
+            for name in args.providers:
+                fn = provider_fn(name, stage)
+                if fn is None:
+                    continue
+                try:
+                    times[name] = time_provider(fn, inputs)
+                except Exception as exc:  # a rival that cannot run this shape is reported, not fatal
+                    print(f"  {name} stage {stage} {dname}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                torch.cuda.empty_cache()
+            if "triton" in args.providers:
+                with torch.no_grad():
+                    out = provider_fn("triton", stage)(q, k, v, rpb, scale)
+                    ref = provider_fn("torch", stage)(q, k, v, rpb, scale)
+                err = rel_err(out, ref)
+            for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
+                floor = nbytes / bw * 1e3
+                t = {name: ts[i] for name, ts in times.items()}
+                fmt = lambda x: f"{x:.3f}" if x is not None else "-"  # noqa: E731
+                tri, flex = t.get("triton"), t.get("flex")
+                rows.append(f"| {stage} | {dname} | {pname} | {fmt(tri)} | {floor:.3f} | "
+                            f"{tri / floor if tri else float('nan'):.2f} | {fmt(t.get('torch'))} | {fmt(flex)} | "
+                            f"{flex / tri if (flex and tri) else float('nan'):.1f} | {err:.1e} |")
+                print(rows[-1], flush=True)
+    print()
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for row in rows:
+        print(row)
+    print("\ntriton tiles (kind, K, head_dim, dtype) -> tile:")
+    for key, tile in sorted(tb._TUNED.items(), key=str):
+        print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} {tuple(tile)}")
+
+
+SWEEP_FWD = [tb.Tile(8, 16, 1, 2), tb.Tile(4, 16, 1, 2), tb.Tile(16, 16, 1, 2), tb.Tile(8, 16, 2, 2),
+             tb.Tile(8, 16, 1, 3), tb.Tile(8, 16, 1, 1), tb.Tile(32, 16, 1, 2)]
+SWEEP_BWD = SWEEP_FWD
+
+
+def sweep(args) -> None:
+    """Time candidate tiles of each kernel at each stage/dtype (the others at their default)."""
+    for stage in args.stages:
+        for dname in args.dtypes:
+            q, k, v, rpb, kernel_size, scale = make_inputs(stage, DTYPES[dname])
+            qd, kd, vd, rd = (t.detach() for t in (q, k, v, rpb))
+            head_dim = q.shape[-1]
+            default = {kind: tb.candidates(kind, kernel_size, head_dim, q.dtype)[0] for kind in ("fwd", "dq", "dkdv")}
+            tb.force_tiles(**default)
+            o, lse = tb._forward(qd, kd, vd, rd, kernel_size, scale)
+            do = torch.randn_like(o)
+            results = []
+            for kind, tiles in (("fwd", SWEEP_FWD), ("dq", SWEEP_BWD), ("dkdv", SWEEP_BWD)):
+                for tile in tiles:
+                    tb.force_tiles(**{**default, kind: tile})
+                    try:
+                        if kind == "fwd":
+                            ms = bench(lambda: tb._forward(qd, kd, vd, rd, kernel_size, scale))
+                        else:
+                            ms = bench(lambda: tb._backward(qd, kd, vd, rd, o, lse, do, kernel_size, scale, True))
+                    except Exception as exc:
+                        ms = float("nan")
+                        print(f"  {kind} {tuple(tile)}: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+                    results.append((kind, tile, ms))
+                    print(f"stage {stage} {dname} {kind:4s} {tuple(tile)} {ms:.4f} ms", flush=True)
+            tb.force_tiles()
+            for kind in ("fwd", "dq", "dkdv"):
+                best = min((r for r in results if r[0] == kind), key=lambda r: r[2] if r[2] == r[2] else 1e9)
+                print(f"BEST stage {stage} {dname} {kind}: {tuple(best[1])} {best[2]:.4f} ms "
+                      f"(default {tuple(default[kind])})", flush=True)
+
+
+def profile(args) -> None:
+    """Registers/spills of each kernel and what the bias, the pipelining depth and the warps cost."""
+    os.environ["SEGMAN_NA_TRITON_AUTOTUNE"] = "0"
+    for stage in args.stages:
+        for dname in args.dtypes:
+            q, k, v, rpb, ks, scale = (t.detach() if torch.is_tensor(t) else t for t in make_inputs(stage, DTYPES[dname]))
+            hd = q.shape[-1]
+            tiles = {kind: tb.candidates(kind, ks, hd, q.dtype)[0] for kind in ("fwd", "dq", "dkdv")}
+            tb.force_tiles(**tiles)
+            o, lse = tb._forward(q, k, v, rpb, ks, scale)
+            do = torch.randn_like(o)
+            _, delta, _ = tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, True)
+            tb._backward_dkdv(q, k, v, rpb, lse, delta, do, ks, scale)
+            for kind, kern in tb._COMPILED.items():
+                print(f"stage {stage} {dname} {kind:4s} tile {tuple(tiles[kind])}: regs {kern.n_regs} "
+                      f"spills {kern.n_spills} shared {kern.metadata.shared}", flush=True)
+            cases = {
+                "fwd": lambda: tb._forward(q, k, v, rpb, ks, scale),
+                "fwd-norpb": lambda: tb._forward(q, k, v, None, ks, scale),
+                "dq": lambda: tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, True),
+                "dq-nodrpb": lambda: tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, False),
+                "dq-norpb": lambda: tb._backward_dq(q, k, v, None, o, lse, do, ks, scale, False),
+                "dkdv": lambda: tb._backward_dkdv(q, k, v, rpb, lse, delta, do, ks, scale),
+                "dkdv-norpb": lambda: tb._backward_dkdv(q, k, v, None, lse, delta, do, ks, scale),
+            }
+            for name, fn in cases.items():
+                print(f"stage {stage} {dname} {name:11s} {bench(fn):.4f} ms", flush=True)
+            base = tiles["fwd"]
+            for warps, stages in ((1, 1), (1, 3), (2, 2), (4, 2)):
+                tb.force_tiles(**{**tiles, "fwd": tb.Tile(base.th, base.tw, warps, stages)})
+                print(f"stage {stage} {dname} fwd warps {warps} stages {stages}: {bench(cases['fwd']):.4f} ms",
+                      flush=True)
+            tb.force_tiles()
+
+
+def once(args) -> None:
+    """One forward and backward per stage/dtype at the default tiles (for ncu)."""
+    os.environ["SEGMAN_NA_TRITON_AUTOTUNE"] = "0"
+    for stage in args.stages:
+        for dname in args.dtypes:
+            q, k, v, rpb, ks, scale = make_inputs(stage, DTYPES[dname])
+            out = neighborhood_attention_2d(q, k, v, ks, rpb=rpb, scale=scale, backend="triton")
+            torch.autograd.grad(out, [q, k, v, rpb], torch.randn_like(out))
+    torch.cuda.synchronize()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--providers", default="triton,torch,flex", type=lambda s: s.split(","))
+    parser.add_argument("--dtypes", default="fp32,bf16", type=lambda s: s.split(","))
+    parser.add_argument("--stages", default="1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--once", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("na_gpu.py needs a CUDA device")
+    if args.sweep:
+        sweep(args)
+    elif args.profile:
+        profile(args)
+    elif args.once:
+        once(args)
+    else:
+        table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""GPU timings of the selective scan and cross-scan / cross-merge against the memory-bandwidth floor.
+
+Shapes: SegMAN-S training on 512×512 crops, batch 16, K = 4 scan directions, d_state 1:
+stage 1 C = 64 at L = 128², stage 2 C = 144 at 64², stage 3 C = 288 at 32² (the scan sees
+``(16, 4C, L)``).  For each shape and input dtype (fp32, bf16), every registered backend of
+``segman.ops.selective_scan`` (torch reference included) is timed forward and backward, and the
+SS2D step (cross-scan → scan → cross-merge) is timed composed from the public ops and, when
+available, fused (``segman.ops.ss2d_scan``).
+
+Floor = bytes that must move / copy bandwidth, both measured in this run.  Bytes: every input read
+once and every output written once (forward: u, delta, B, C in, y fp32 out; backward: u, delta,
+B, C, dy fp32 in, du, ddelta, dB, dC out; per-channel parameters are negligible).  Copy bandwidth:
+a 1 GiB device-to-device copy, counting bytes read plus written.  Times are medians of
+``triton.testing.do_bench`` (which flushes L2 before every call), through the public functions.
+
+Usage: python benchmarks/scan_gpu.py [--sweep] [--occupancy] [--only cuda triton] [--skip-ss2d]
+(--sweep: Triton launch configurations; --occupancy: the CUDA register-budget variants.)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from segman.ops import cross_merge, cross_scan, selective_scan
+
+SCAN = importlib.import_module("segman.ops.selective_scan")
+BATCH, GROUPS = 16, 4
+STAGES = [(64, 128), (144, 64), (288, 32)]  # (C, H = W)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def bench(fn) -> float:
+    """Median milliseconds."""
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes per millisecond of a 1 GiB device-to-device copy (read + write)."""
+    src = torch.empty(2 ** 28, device="cuda", dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / ms
+
+
+def scan_inputs(channels, side, dtype, seed=0):
+    torch.manual_seed(seed)
+    length = side * side
+    ch = GROUPS * channels
+    dev = "cuda"
+    return dict(
+        u=torch.randn(BATCH, ch, length, device=dev).to(dtype),
+        delta=(0.5 * torch.randn(BATCH, ch, length, device=dev) - 1.0).to(dtype),
+        A=-torch.exp(0.1 * torch.randn(ch, 1, device=dev)),
+        B=torch.randn(BATCH, GROUPS, 1, length, device=dev).to(dtype),
+        C=torch.randn(BATCH, GROUPS, 1, length, device=dev).to(dtype),
+        D=torch.ones(ch, device=dev),
+        delta_bias=torch.empty(ch, device=dev).uniform_(-6.0, -2.0),
+    )
+
+
+def scan_bytes(channels, side, dtype):
+    length, ch = side * side, GROUPS * channels
+    e = torch.finfo(dtype).bits // 8
+    per_row, per_group = BATCH * ch * length, BATCH * GROUPS * length
+    fwd = per_row * (2 * e + 4) + per_group * 2 * e
+    bwd = per_row * (2 * e + 4 + 2 * e) + per_group * 4 * e
+    return fwd, bwd
+
+
+def ss2d_bytes(channels, side, dtype):
+    length = side * side
+    e = torch.finfo(dtype).bits // 8
+    x, seq, group = BATCH * channels * length, BATCH * GROUPS * channels * length, BATCH * GROUPS * length
+    fwd = x * e + seq * e + group * 2 * e + x * 4                  # x, delta, B, C in; y (fp32) out
+    bwd = x * e + seq * e + group * 2 * e + x * 4 + x * e + seq * e + group * 2 * e
+    return fwd, bwd
+
+
+def time_fwd_bwd(fn, leaves):
+    """(forward ms, backward ms) of ``fn()`` whose output is differentiated w.r.t. ``leaves``."""
+    fwd = bench(fn)
+    out = fn()
+    dy = torch.randn_like(out)
+    bwd = bench(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
+    return fwd, bwd
+
+
+def cuda_ext():
+    import segman_selective_scan
+
+    return segman_selective_scan
+
+
+def scan_rows(bw, only=None, occupancy=False):
+    rows = []
+    for channels, side in STAGES:
+        for dname, dtype in DTYPES.items():
+            inputs = scan_inputs(channels, side, dtype)
+            fwd_bytes, bwd_bytes = scan_bytes(channels, side, dtype)
+            fwd_floor, bwd_floor = fwd_bytes / bw, bwd_bytes / bw
+            rows.append((f"C={channels} L={side}²", dname, "floor", fwd_floor, 1.0, bwd_floor, 1.0))
+            for backend in SCAN.BACKENDS:
+                if only is not None and backend.name not in only:
+                    continue
+                reason = backend.can_run(*inputs.values())
+                if reason:
+                    print(f"  skip {backend.name}: {reason}")
+                    continue
+                variants = [(backend.name, None)]
+                if backend.name == "cuda" and occupancy:  # the two register budgets, forced
+                    variants = [("cuda", (0, 0)), ("cuda, forced low occupancy", (1, 1)),
+                                ("cuda, forced high occupancy", (2, 2))]
+                for name, modes in variants:
+                    if modes is not None:
+                        cuda_ext().set_occupancy(*modes)
+                    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+                    fn = lambda: selective_scan(**leaves, backend=backend.name)  # noqa: E731
+                    fwd, bwd = time_fwd_bwd(fn, list(leaves.values()))
+                    rows.append((f"C={channels} L={side}²", dname, name, fwd, fwd / fwd_floor, bwd,
+                                 bwd / bwd_floor))
+                    del leaves
+                    torch.cuda.empty_cache()
+                if len(variants) > 1:
+                    cuda_ext().set_occupancy(0, 0)
+    return rows
+
+
+def scan_pick(x, leaves, channels):
+    """Names of the backends that automatic selection uses for the unfused SS2D step."""
+    xs_mod = importlib.import_module("segman.ops.cross_scan")
+    xs_name = next(b.name for b in xs_mod.SCAN_BACKENDS if b.can_run(x) is None)
+    u = torch.empty(x.shape[0], GROUPS * channels, x.shape[2] * x.shape[3], device=x.device, dtype=x.dtype)
+    scan_name = next(b.name for b in SCAN.BACKENDS if b.can_run(u, *leaves.values()) is None)
+    return f"{xs_name} + {scan_name} + {xs_name}"
+
+
+def ss2d_rows(bw):
+    rows = []
+    ops = importlib.import_module("segman.ops")
+    fused = getattr(ops, "ss2d_scan", None)
+    for channels, side in STAGES:
+        for dname, dtype in DTYPES.items():
+            inputs = scan_inputs(channels, side, dtype)
+            x = torch.randn(BATCH, channels, side, side, device="cuda").to(dtype)
+            fwd_bytes, bwd_bytes = ss2d_bytes(channels, side, dtype)
+            fwd_floor, bwd_floor = fwd_bytes / bw, bwd_bytes / bw
+            shape = f"C={channels} L={side}²"
+            rows.append((shape, dname, "floor", fwd_floor, 1.0, bwd_floor, 1.0))
+            leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if k != "u"}
+            xl = x.clone().requires_grad_()
+            params = [xl, *leaves.values()]
+
+            def unfused(scan_backend=None, xs_backend=None):
+                xs = cross_scan(xl, backend=xs_backend).view(BATCH, GROUPS * channels, side * side)
+                y = selective_scan(xs, **leaves, backend=scan_backend)
+                return cross_merge(y.view(BATCH, GROUPS, channels, side, side), backend=xs_backend)
+
+            variants = [(f"unfused: {scan_pick(xl, leaves, channels)}", lambda: unfused()),
+                        ("unfused: torch ×3", lambda: unfused("torch", "torch"))]
+            if fused is not None:
+                variants.append(("fused: triton ss2d_scan", lambda: fused(xl, **leaves, backend="triton")))
+            for name, fn in variants:
+                try:
+                    fwd, bwd = time_fwd_bwd(fn, params)
+                except Exception as e:  # a backend that cannot run these inputs
+                    print(f"  skip {name}: {e}")
+                    continue
+                rows.append((shape, dname, name, fwd, fwd / fwd_floor, bwd, bwd / bwd_floor))
+            torch.cuda.empty_cache()
+    return rows
+
+
+def sweep():
+    """Triton selective-scan launch configurations at every shape (prints the best per shape)."""
+    from segman.ops.triton_backend import selective_scan as ts
+
+    saved = dict(ts.CONFIG)
+    for channels, side in STAGES:
+        for dname, dtype in DTYPES.items():
+            inputs = scan_inputs(channels, side, dtype)
+            results = []
+            for block_t in (512, 1024, 2048):
+                for block_c, warps in ((1, 4), (2, 4), (4, 4), (4, 8)):
+                    ts.CONFIG.update(block_t=block_t, fwd=(block_c, warps), bwd=(block_c, warps))
+                    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+                    try:
+                        fwd, bwd = time_fwd_bwd(lambda: selective_scan(**leaves, backend="triton"),
+                                                list(leaves.values()))
+                    except Exception as e:  # noqa: BLE001 (e.g. out of registers / shared memory)
+                        print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: {type(e).__name__}")
+                        continue
+                    results.append((fwd, bwd, block_t, block_c, warps))
+                    print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: fwd {fwd * 1e3:.0f} us, "
+                          f"bwd {bwd * 1e3:.0f} us", flush=True)
+            best_f = min(results)
+            best_b = min(results, key=lambda r: r[1])
+            print(f"BEST C={channels} {dname}: fwd T={best_f[2]} c={best_f[3]} w={best_f[4]} ({best_f[0] * 1e3:.0f} us); "
+                  f"bwd T={best_b[2]} c={best_b[3]} w={best_b[4]} ({best_b[1] * 1e3:.0f} us)", flush=True)
+    ts.CONFIG.clear()
+    ts.CONFIG.update(saved)
+
+
+def cross_rows(bw):
+    """cross_scan / cross_merge alone (each one's backward is the other): read once, write once."""
+    xs_mod = importlib.import_module("segman.ops.cross_scan")
+    rows = []
+    for channels, side in STAGES:
+        for dname, dtype in DTYPES.items():
+            x = torch.randn(BATCH, channels, side, side, device="cuda").to(dtype)
+            y = torch.randn(BATCH, GROUPS, channels, side, side, device="cuda").to(dtype)
+            e = torch.finfo(dtype).bits // 8
+            floor = 5 * x.numel() * e / bw
+            shape = f"C={channels} L={side}²"
+            rows.append((shape, dname, "floor (scan: 1 read + 4 writes; merge: 4 + 1)", floor, 1.0, floor, 1.0))
+            for backend in xs_mod.SCAN_BACKENDS:
+                if backend.can_run(x):
+                    continue
+                t_scan = bench(lambda: cross_scan(x, backend=backend.name))
+                t_merge = bench(lambda: cross_merge(y, backend=backend.name))
+                rows.append((shape, dname, backend.name, t_scan, t_scan / floor, t_merge, t_merge / floor))
+    return rows
+
+
+def print_table(title, rows, cols=("fwd", "bwd")):
+    print(f"\n### {title}\n")
+    a, b = cols
+    print(f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for shape, dname, name, fwd, fr, bwd, br in rows:
+        print(f"| {shape} | {dname} | {name} | {fwd * 1e3:.0f} | {fr:.2f} | {bwd * 1e3:.0f} | {br:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="also sweep the Triton launch configurations")
+    parser.add_argument("--skip-ss2d", action="store_true")
+    parser.add_argument("--only", nargs="*", help="time only these selective_scan backends (and skip the other tables)")
+    parser.add_argument("--occupancy", action="store_true",
+                        help="also time the CUDA kernels with each register budget forced (set_occupancy)")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    bw = copy_bandwidth()
+    props = torch.cuda.get_device_properties(0)
+    rows = scan_rows(bw, args.only, args.occupancy)
+    cross = [] if args.only else cross_rows(bw)
+    ss2d = [] if args.skip_ss2d or args.only else ss2d_rows(bw)
+    print(f"\n## GPU selective scan — {props.name}, {datetime.date.today().isoformat()}")
+    print(f"\ntorch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
+          f"copy bandwidth {bw / 1e9:.2f} TB/s (1 GiB device-to-device copy, read + write); "
+          f"µs = median of triton.testing.do_bench (L2 flushed before each call).")
+    print_table("selective_scan (d_state 1)", rows)
+    if cross:
+        print_table("cross_scan / cross_merge", cross, cols=("cross_scan", "cross_merge"))
+    if ss2d:
+        print_table("SS2D step: cross_scan → selective_scan → cross_merge", ss2d)
+    if args.sweep:
+        sweep()
+
+
+if __name__ == "__main__":
+    main()

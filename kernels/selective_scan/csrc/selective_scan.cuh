@@ -1,0 +1,536 @@
+// Selective scan (SPEC §2.2-2.3), forward and backward kernels.
+//
+// One warp owns one (batch, channel) row and walks the sequence in chunks of 256 steps
+// (32 lanes x 8 consecutive steps).  A chunk is scanned in three levels:
+//   1. each lane folds its 8 steps into one affine map h -> P h + H (sequentially, in registers);
+//   2. the 32 lane maps are composed with a Kogge-Stone scan over __shfl_up_sync;
+//   3. each lane applies the exclusive prefix to the chunk's carry-in state and replays its steps.
+// The state is carried from chunk to chunk in registers.  Forward writes the state entering every
+// chunk (Bt*C*N*L/256 floats, 0.1 % of the traffic) so that backward can recompute h chunk by
+// chunk while it runs the adjoint recurrence  dh_t = C_t dy_t + exp(dt_{t+1} A) dh_{t+1}
+// from the last chunk to the first with the mirror-image scan over __shfl_down_sync.
+//
+// Backward: du, ddelta are written per element; dA, dD, ddelta_bias are reduced per warp and
+// written per (batch, channel) (the host sums over batch); dB, dC are summed over the warps of a
+// block (all warps of a block share one (batch, group)) in shared memory and added to an fp32
+// buffer with atomicAdd.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "selective_scan.h"
+
+namespace segman_scan {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFull = 0xffffffffu;
+
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Loads and stores of kItems consecutive steps per lane
+// ------------------------------------------------------------------------------------------------
+
+// kItems raw elements in registers: loads are issued a chunk ahead and converted when used.
+template <typename T>
+struct alignas(16) Raw {
+  T e[kItems];
+};
+
+// kVec: the row is 16-byte aligned at every multiple of kItems, so full groups move as 16-byte
+// vectors.  kStream: data read once (u, delta, dy) bypasses L1 and is evicted first from L2,
+// leaving the cache to B and C, which every warp of a group reads.
+// With kVec the length is a multiple of kItems, so a lane's group is either full or absent.
+template <typename T, bool kVec, bool kStream>
+__device__ __forceinline__ void load_raw(Raw<T>& r, const T* p, int valid) {
+  if (kVec) {
+    if (valid <= 0) {
+#pragma unroll
+      for (int j = 0; j < kItems; ++j) r.e[j] = T(0.f);
+      return;
+    }
+    constexpr int kVecs = sizeof(T) * kItems / 16;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const uint4* src = reinterpret_cast<const uint4*>(p) + i;
+      reinterpret_cast<uint4*>(r.e)[i] = kStream ? __ldcs(src) : __ldg(src);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) r.e[j] = j < valid ? p[j] : T(0.f);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void to_floats(const Raw<T>& r, float (&out)[kItems]) {
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) out[j] = to_float(r.e[j]);
+}
+
+template <typename T, bool kVec>
+__device__ __forceinline__ void load_items(const T* p, int valid, float (&out)[kItems]) {
+  Raw<T> r;
+  load_raw<T, kVec, false>(r, p, valid);
+  to_floats(r, out);
+}
+
+template <typename T, bool kVec>
+__device__ __forceinline__ void store_items(T* p, int valid, const float (&in)[kItems]) {
+  Raw<T> r;
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) r.e[j] = from_float<T>(in[j]);
+  if (kVec) {
+    if (valid <= 0) return;
+    constexpr int kVecs = sizeof(T) * kItems / 16;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) __stcs(reinterpret_cast<uint4*>(p) + i, reinterpret_cast<const uint4*>(r.e)[i]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j)
+      if (j < valid) p[j] = r.e[j];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Math
+// ------------------------------------------------------------------------------------------------
+
+// 2^x with the hardware approximation (relative error ~2^-22; results below 2^-126 flush to 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 1/d for d in [1, 3]: hardware approximation refined by one Newton step (~1 ulp, no branch).
+__device__ __forceinline__ float rcp_unit(float d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return r * fmaf(-d, r, 2.f);
+}
+
+// log(1 + z) for z in [0, 1]: 2 atanh(s) with s = z / (2 + z) <= 1/3, odd series to s^13
+// (truncation < 2e-8 relative); no branch, one reciprocal.
+__device__ __forceinline__ float log1p_unit(float z) {
+  const float s = z * rcp_unit(2.f + z);
+  const float s2 = s * s;
+  float p = 1.f / 13.f;
+  p = fmaf(p, s2, 1.f / 11.f);
+  p = fmaf(p, s2, 1.f / 9.f);
+  p = fmaf(p, s2, 1.f / 7.f);
+  p = fmaf(p, s2, 1.f / 5.f);
+  p = fmaf(p, s2, 1.f / 3.f);
+  p = fmaf(p, s2, 1.f);
+  return 2.f * s * p;
+}
+
+// softplus(x) = max(x, 0) + log(1 + exp(-|x|)), which equals x in fp32 above the threshold 20 of
+// SPEC §2.2, so no branch is needed; also returns its derivative sigmoid(x).
+__device__ __forceinline__ float step_size(float raw, bool softplus, float* dstep = nullptr) {
+  if (!softplus) {  // uniform over the launch
+    if (dstep) *dstep = 1.f;
+    return raw;
+  }
+  const float z = __expf(-fabsf(raw));
+  if (dstep) *dstep = (raw >= 0.f ? 1.f : z) * rcp_unit(1.f + z);
+  return fmaxf(raw, 0.f) + log1p_unit(z);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------------
+
+template <typename T, int kN, bool kVec, int kWarps, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
+scan_fwd_kernel(const ScanParams p) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int cin = blockIdx.x * kWarps + warp;
+  if (cin >= p.dg) return;  // no block-level synchronisation in the forward
+  const int g = blockIdx.y;
+  const int b = blockIdx.z;
+  const int c = g * p.dg + cin;
+  const int n_state = p.n_state;
+  const int64_t row = static_cast<int64_t>(b) * p.channels + c;
+
+  const T* u = static_cast<const T*>(p.u) + b * p.u_b + c * p.u_c;
+  const T* delta = static_cast<const T*>(p.delta) + b * p.d_b + c * p.d_c;
+  const T* Bp = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
+  const T* Cp = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
+  float* out = p.out + row * p.length;
+  float* states = p.states + row * p.n_chunks * n_state;
+
+  float A2[kN], carry[kN];
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    A2[n] = n < n_state ? p.A[c * n_state + n] * kLog2e : 0.f;
+    carry[n] = 0.f;
+  }
+  const float Dc = p.D ? p.D[c] : 0.f;
+  const float bias = p.bias ? p.bias[c] : 0.f;
+
+  // software pipeline: the raw data of chunk i+1 is in flight while chunk i is computed
+  Raw<T> ru, rd, rB, rC;
+  {
+    const int valid = p.length - lane * kItems;
+    load_raw<T, kVec, true>(ru, u + lane * kItems, valid);
+    load_raw<T, kVec, true>(rd, delta + lane * kItems, valid);
+    load_raw<T, kVec, false>(rB, Bp + lane * kItems, valid);
+    load_raw<T, kVec, false>(rC, Cp + lane * kItems, valid);
+  }
+  for (int chunk = 0; chunk < p.n_chunks; ++chunk) {
+    const int t0 = chunk * kChunk + lane * kItems;
+    const int valid = p.length - t0;
+    Raw<T> nu, nd, nB, nC;
+    if (chunk + 1 < p.n_chunks) {
+      const int tn = t0 + kChunk;
+      load_raw<T, kVec, true>(nu, u + tn, valid - kChunk);
+      load_raw<T, kVec, true>(nd, delta + tn, valid - kChunk);
+      load_raw<T, kVec, false>(nB, Bp + tn, valid - kChunk);
+      load_raw<T, kVec, false>(nC, Cp + tn, valid - kChunk);
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n)
+        if (n < n_state) states[chunk * n_state + n] = carry[n];
+    }
+    float uv[kItems], dt[kItems], y[kItems];
+    to_floats(ru, uv);
+    to_floats(rd, dt);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      dt[j] = step_size(dt[j] + bias, p.softplus);
+      y[j] = Dc * uv[j];
+    }
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= n_state) break;
+      float Bv[kItems], Cv[kItems], a[kItems], bv[kItems];
+      if (n == 0) {
+        to_floats(rB, Bv);
+        to_floats(rC, Cv);
+      } else {
+        load_items<T, kVec>(Bp + n * p.B_n + t0, valid, Bv);
+        load_items<T, kVec>(Cp + n * p.C_n + t0, valid, Cv);
+      }
+      float P = 1.f, H = 0.f;
+#pragma unroll
+      for (int j = 0; j < kItems; ++j) {
+        const bool ok = j < valid;
+        a[j] = ok ? fast_exp2(dt[j] * A2[n]) : 1.f;
+        bv[j] = ok ? dt[j] * uv[j] * Bv[j] : 0.f;
+        H = a[j] * H + bv[j];
+        P *= a[j];
+      }
+      // inclusive scan of the lane maps (earlier lanes first)
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float Pu = __shfl_up_sync(kFull, P, off);
+        const float Hu = __shfl_up_sync(kFull, H, off);
+        if (lane >= off) {
+          H = P * Hu + H;
+          P = P * Pu;
+        }
+      }
+      float Pe = __shfl_up_sync(kFull, P, 1);
+      float He = __shfl_up_sync(kFull, H, 1);
+      if (lane == 0) { Pe = 1.f; He = 0.f; }
+      float h = Pe * carry[n] + He;
+#pragma unroll
+      for (int j = 0; j < kItems; ++j) {
+        h = a[j] * h + bv[j];
+        y[j] += Cv[j] * h;
+      }
+      carry[n] = __shfl_sync(kFull, P * carry[n] + H, 31);
+    }
+    store_items<float, kVec>(out + t0, valid, y);
+    ru = nu; rd = nd; rB = nB; rC = nC;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward
+// ------------------------------------------------------------------------------------------------
+
+template <typename T, int kN, bool kVec, int kWarps, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
+scan_bwd_kernel(const ScanParams p) {
+  __shared__ float red[2][kWarps][kChunk];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int cin_raw = blockIdx.x * kWarps + warp;
+  const bool active = cin_raw < p.dg;       // inactive warps still join the block barriers
+  const int cin = active ? cin_raw : 0;
+  const int g = blockIdx.y;
+  const int b = blockIdx.z;
+  const int c = g * p.dg + cin;
+  const int n_state = p.n_state;
+  const int64_t row = static_cast<int64_t>(b) * p.channels + c;
+
+  const T* u = static_cast<const T*>(p.u) + b * p.u_b + c * p.u_c;
+  const T* delta = static_cast<const T*>(p.delta) + b * p.d_b + c * p.d_c;
+  const float* dout = p.dout + b * p.o_b + c * p.o_c;
+  const T* Bp = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
+  const T* Cp = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
+  const float* states = p.states + row * p.n_chunks * n_state;
+  T* du_out = static_cast<T*>(p.du) + row * p.length;
+  T* ddelta_out = static_cast<T*>(p.ddelta) + row * p.length;
+  const int64_t gl = (static_cast<int64_t>(b) * p.groups + g) * n_state * p.length;
+
+  float A[kN], A2[kN], dh_next[kN], a_next[kN], dA_acc[kN];
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    A[n] = n < n_state ? p.A[c * n_state + n] : 0.f;
+    A2[n] = A[n] * kLog2e;
+    dh_next[n] = 0.f;   // dh at the first step of the chunk after this one
+    a_next[n] = 1.f;    // exp(dt A) at that step
+    dA_acc[n] = 0.f;
+  }
+  const float Dc = p.D ? p.D[c] : 0.f;
+  const float bias = p.bias ? p.bias[c] : 0.f;
+  float dD_acc = 0.f, dbias_acc = 0.f;
+
+  // software pipeline over the chunks (last to first)
+  Raw<T> ru, rd, rB, rC;
+  Raw<float> rg;
+  float rh0;
+  {
+    const int chunk = p.n_chunks - 1;
+    const int t0 = chunk * kChunk + lane * kItems;
+    const int valid = active ? p.length - t0 : 0;
+    load_raw<T, kVec, true>(ru, u + t0, valid);
+    load_raw<T, kVec, true>(rd, delta + t0, valid);
+    load_raw<float, kVec, true>(rg, dout + t0, valid);
+    load_raw<T, kVec, false>(rB, Bp + t0, valid);
+    load_raw<T, kVec, false>(rC, Cp + t0, valid);
+    rh0 = active ? states[chunk * n_state] : 0.f;
+  }
+  for (int chunk = p.n_chunks - 1; chunk >= 0; --chunk) {
+    const int t0 = chunk * kChunk + lane * kItems;
+    const int valid = active ? p.length - t0 : 0;
+    Raw<T> nu, nd, nB, nC;
+    Raw<float> ng;
+    float nh0 = 0.f;
+    if (chunk > 0) {
+      const int tp = t0 - kChunk;
+      const int valid_prev = active ? kItems : 0;  // every chunk before the last one is full
+      load_raw<T, kVec, true>(nu, u + tp, valid_prev);
+      load_raw<T, kVec, true>(nd, delta + tp, valid_prev);
+      load_raw<float, kVec, true>(ng, dout + tp, valid_prev);
+      load_raw<T, kVec, false>(nB, Bp + tp, valid_prev);
+      load_raw<T, kVec, false>(nC, Cp + tp, valid_prev);
+      nh0 = active ? states[(chunk - 1) * n_state] : 0.f;
+    }
+    float uv[kItems], sig[kItems], dt[kItems], go[kItems], du[kItems], ddt[kItems];
+    to_floats(ru, uv);
+    to_floats(rd, dt);
+    to_floats(rg, go);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      dt[j] = step_size(dt[j] + bias, p.softplus, &sig[j]);
+      du[j] = Dc * go[j];
+      ddt[j] = 0.f;
+      dD_acc += go[j] * uv[j];
+    }
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      if (n >= n_state) break;
+      float Bv[kItems], Cv[kItems], a[kItems], bv[kItems], hs[kItems];
+      float h0;
+      if (n == 0) {
+        to_floats(rB, Bv);
+        to_floats(rC, Cv);
+        h0 = rh0;
+      } else {
+        load_items<T, kVec>(Bp + n * p.B_n + t0, valid, Bv);
+        load_items<T, kVec>(Cp + n * p.C_n + t0, valid, Cv);
+        h0 = active ? states[chunk * n_state + n] : 0.f;
+      }
+      // ---- recompute h inside the chunk from the saved entering state
+      float P = 1.f, H = 0.f;
+#pragma unroll
+      for (int j = 0; j < kItems; ++j) {
+        const bool ok = j < valid;
+        a[j] = ok ? fast_exp2(dt[j] * A2[n]) : 1.f;
+        bv[j] = ok ? dt[j] * uv[j] * Bv[j] : 0.f;
+        H = a[j] * H + bv[j];
+        P *= a[j];
+      }
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float Pu = __shfl_up_sync(kFull, P, off);
+        const float Hu = __shfl_up_sync(kFull, H, off);
+        if (lane >= off) {
+          H = P * Hu + H;
+          P = P * Pu;
+        }
+      }
+      float Pe = __shfl_up_sync(kFull, P, 1);
+      float He = __shfl_up_sync(kFull, H, 1);
+      if (lane == 0) { Pe = 1.f; He = 0.f; }
+      const float h_in = Pe * h0 + He;  // h just before this lane's first step
+      {
+        float h = h_in;
+#pragma unroll
+        for (int j = 0; j < kItems; ++j) {
+          h = a[j] * h + bv[j];
+          hs[j] = h;
+        }
+      }
+      // ---- adjoint: dh_t = C_t dy_t + a_{t+1} dh_{t+1}
+      float an = __shfl_down_sync(kFull, a[0], 1);  // a at the next lane's first step
+      if (lane == 31) an = a_next[n];
+      // lane map: dh(first step) = V + Q * dh(next lane's first step)
+      float Q = an, V = go[kItems - 1] * Cv[kItems - 1];
+#pragma unroll
+      for (int j = kItems - 2; j >= 0; --j) {
+        V = go[j] * Cv[j] + a[j + 1] * V;
+        Q = a[j + 1] * Q;
+      }
+      // inclusive suffix scan (later lanes first)
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float Qd = __shfl_down_sync(kFull, Q, off);
+        const float Vd = __shfl_down_sync(kFull, V, off);
+        if (lane + off < 32) {
+          V = V + Q * Vd;
+          Q = Q * Qd;
+        }
+      }
+      const float Vn = __shfl_down_sync(kFull, V, 1);
+      const float Qn = __shfl_down_sync(kFull, Q, 1);
+      float d = lane == 31 ? dh_next[n] : Vn + Qn * dh_next[n];  // dh at the next lane's first step
+      float* redB = red[0][warp] + lane * kItems;
+      float* redC = red[1][warp] + lane * kItems;
+      float dA_local = 0.f;
+#pragma unroll
+      for (int j = kItems - 1; j >= 0; --j) {
+        const float a_after = j == kItems - 1 ? an : a[j + 1];
+        d = go[j] * Cv[j] + a_after * d;                      // dh_t
+        const float hp = a[j] * (j == 0 ? h_in : hs[j - 1]);  // exp(dt_t A) h_{t-1}
+        const float ddt_dh = d * dt[j];
+        du[j] += ddt_dh * Bv[j];
+        ddt[j] += d * (A[n] * hp + Bv[j] * uv[j]);
+        dA_local += ddt_dh * hp;
+        redB[j] = ddt_dh * uv[j];
+        redC[j] = go[j] * hs[j];
+      }
+      dA_acc[n] += dA_local;
+      dh_next[n] = __shfl_sync(kFull, d, 0);
+      a_next[n] = __shfl_sync(kFull, a[0], 0);
+      // ---- dB, dC: sum over the block's warps, then one atomicAdd per step
+      __syncthreads();
+      float* dB = p.dB + gl + static_cast<int64_t>(n) * p.length + chunk * kChunk;
+      float* dC = p.dC + gl + static_cast<int64_t>(n) * p.length + chunk * kChunk;
+      const int chunk_len = min(kChunk, p.length - chunk * kChunk);
+      for (int i = threadIdx.x; i < 2 * kChunk; i += kWarps * 32) {
+        const int which = i / kChunk, k = i % kChunk;
+        if (k < chunk_len) {
+          float s = 0.f;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) s += red[which][w][k];
+          atomicAdd((which ? dC : dB) + k, s);
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      ddt[j] *= sig[j];
+      if (j < valid) dbias_acc += ddt[j];
+    }
+    if (active) {
+      store_items<T, kVec>(du_out + t0, valid, du);
+      store_items<T, kVec>(ddelta_out + t0, valid, ddt);
+    }
+    ru = nu; rd = nd; rg = ng; rB = nB; rC = nC; rh0 = nh0;
+  }
+  // ---- per-(batch, channel) partial sums
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    dD_acc += __shfl_xor_sync(kFull, dD_acc, off);
+    dbias_acc += __shfl_xor_sync(kFull, dbias_acc, off);
+#pragma unroll
+    for (int n = 0; n < kN; ++n) dA_acc[n] += __shfl_xor_sync(kFull, dA_acc[n], off);
+  }
+  if (active && lane == 0) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+      if (n < n_state) p.dA[row * n_state + n] = dA_acc[n];
+    if (p.dD) p.dD[row] = dD_acc;
+    if (p.dbias) p.dbias[row] = dbias_acc;
+  }
+}
+
+// Host-side launchers: pick d_state bucket and vector path.
+// d_state 1 comes in two register budgets (fwd_min_blocks / bwd_min_blocks in selective_scan.h);
+// the host picks one per launch (selective_scan.cpp, default_high_fwd).
+template <typename T, int kN, bool kVec>
+void launch_fwd_n(const ScanParams& p, cudaStream_t stream) {
+  dim3 grid((p.dg + kFwdWarps - 1) / kFwdWarps, p.groups, p.batch);
+  if constexpr (kN == 1) {
+    if (p.high_occupancy_fwd)
+      scan_fwd_kernel<T, kN, kVec, kFwdWarps, fwd_min_blocks(true, sizeof(T))><<<grid, kFwdWarps * 32, 0, stream>>>(p);
+    else
+      scan_fwd_kernel<T, kN, kVec, kFwdWarps, fwd_min_blocks(false, sizeof(T))><<<grid, kFwdWarps * 32, 0, stream>>>(p);
+  } else {
+    scan_fwd_kernel<T, kN, kVec, kFwdWarps, 1><<<grid, kFwdWarps * 32, 0, stream>>>(p);
+  }
+}
+
+template <typename T, int kN, bool kVec>
+void launch_bwd_n(const ScanParams& p, cudaStream_t stream) {
+  dim3 grid((p.dg + kBwdWarps - 1) / kBwdWarps, p.groups, p.batch);
+  if constexpr (kN == 1) {
+    if (p.high_occupancy_bwd)
+      scan_bwd_kernel<T, kN, kVec, kBwdWarps, bwd_min_blocks(true)><<<grid, kBwdWarps * 32, 0, stream>>>(p);
+    else
+      scan_bwd_kernel<T, kN, kVec, kBwdWarps, bwd_min_blocks(false)><<<grid, kBwdWarps * 32, 0, stream>>>(p);
+  } else {
+    scan_bwd_kernel<T, kN, kVec, kBwdWarps, 1><<<grid, kBwdWarps * 32, 0, stream>>>(p);
+  }
+}
+
+#define SEGMAN_SCAN_DISPATCH_N(LAUNCH, T, p, vec, stream)                      \
+  do {                                                                          \
+    const int n_ = (p).n_state;                                                 \
+    if (vec) {                                                                  \
+      if (n_ == 1) LAUNCH<T, 1, true>(p, stream);                               \
+      else if (n_ <= 2) LAUNCH<T, 2, true>(p, stream);                          \
+      else if (n_ <= 4) LAUNCH<T, 4, true>(p, stream);                          \
+      else if (n_ <= 8) LAUNCH<T, 8, true>(p, stream);                          \
+      else LAUNCH<T, 16, true>(p, stream);                                      \
+    } else {                                                                    \
+      if (n_ == 1) LAUNCH<T, 1, false>(p, stream);                              \
+      else if (n_ <= 2) LAUNCH<T, 2, false>(p, stream);                         \
+      else if (n_ <= 4) LAUNCH<T, 4, false>(p, stream);                         \
+      else if (n_ <= 8) LAUNCH<T, 8, false>(p, stream);                         \
+      else LAUNCH<T, 16, false>(p, stream);                                     \
+    }                                                                           \
+  } while (0)
+
+// Defines launch_fwd_<SUFFIX> / launch_bwd_<SUFFIX> (declared in selective_scan.h) for dtype T.
+#define SEGMAN_SCAN_INSTANTIATE(T, SUFFIX)                                      \
+  void launch_fwd_##SUFFIX(const ScanParams& p, bool vec, cudaStream_t s) {     \
+    SEGMAN_SCAN_DISPATCH_N(launch_fwd_n, T, p, vec, s);                         \
+  }                                                                             \
+  void launch_bwd_##SUFFIX(const ScanParams& p, bool vec, cudaStream_t s) {     \
+    SEGMAN_SCAN_DISPATCH_N(launch_bwd_n, T, p, vec, s);                         \
+  }
+
+}  // namespace segman_scan

@@ -1,0 +1,11 @@
+"""CUDA selective scan for ``segman.ops`` (SPEC §2.1-2.3); see kernels/selective_scan/README.md.
+
+``fwd(u, delta, A, B, C, D, delta_bias, softplus) -> (out, states)`` and
+``bwd(u, delta, A, B, C, D, delta_bias, dout, states, softplus) -> [du, ddelta, dA, dB, dC, dD, ddelta_bias]``.
+``segman.ops.selective_scan(..., backend="cuda")`` wraps them in an autograd Function.
+"""
+import torch  # noqa: F401  (loads libc10 / libtorch, which _C links against)
+
+from ._C import CHUNK, MAX_D_STATE, bwd, fwd, get_occupancy, set_occupancy  # noqa: F401
+
+__all__ = ["fwd", "bwd", "set_occupancy", "get_occupancy", "CHUNK", "MAX_D_STATE"]

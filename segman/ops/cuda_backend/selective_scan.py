@@ -1,0 +1,88 @@
+"""``cuda`` backend of ``segman.ops.selective_scan``: the compiled kernels of kernels/selective_scan.
+
+The extension (module ``segman_selective_scan._C``) is optional.  Its import is tried once; when it
+fails, :func:`can_run` returns the reason with the install command and the dispatcher moves on.
+See kernels/selective_scan/csrc/selective_scan.cuh for the algorithm.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+INSTALL_HINT = "the CUDA extension is not installed: pip install kernels/selective_scan"
+MAX_D_STATE = 16
+
+_ext = None
+_import_error: Optional[str] = None
+_tried = False
+
+
+def _load():
+    """The extension module, or None (the import is attempted once per process)."""
+    global _ext, _import_error, _tried
+    if not _tried:
+        _tried = True
+        try:
+            import segman_selective_scan as ext
+            _ext = ext
+        except ImportError as e:  # not built / built for another torch
+            _import_error = f"{INSTALL_HINT} ({e})" if "No module named" not in str(e) else INSTALL_HINT
+    return _ext
+
+
+def is_available() -> bool:
+    return _load() is not None
+
+
+def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> Optional[str]:
+    """None if the CUDA kernels support the inputs, else the reason."""
+    if u.device.type != "cuda":
+        return f"inputs are on {u.device.type}"
+    if _load() is None:
+        return _import_error
+    if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"{u.dtype} inputs are not supported (float32/float16/bfloat16 only)"
+    if any(t is not None and t.dtype == torch.float64 for t in (A, D, delta_bias)):
+        return "float64 parameters are not supported"
+    if B.shape[2] > MAX_D_STATE:
+        return f"d_state {B.shape[2]} > {MAX_D_STATE} is not supported"
+    return None
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float().contiguous()
+
+
+class CudaSelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+        ext = _load()
+        u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+        A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
+        out, states = ext.fwd(u, delta, A32, B, C, D32, bias32, delta_softplus)
+        ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, states)
+        ctx.delta_softplus = delta_softplus
+        ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A32, B, C, D32, bias32, states = ctx.saved_tensors
+        dout = _last_dim_contiguous(dout.float())
+        du, ddelta, dA, dB, dC, dD, dbias = _load().bwd(u, delta, A32, B, C, D32, bias32, dout, states,
+                                                        ctx.delta_softplus)
+        a_dtype, d_dtype, bias_dtype = ctx.dtypes
+        return (du, ddelta, dA.to(a_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.to(d_dtype) if dD is not None else None,
+                dbias.to(bias_dtype) if dbias is not None else None, None)
+
+
+def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                   delta_softplus: bool) -> torch.Tensor:
+    """Validated inputs in (see ``segman.ops.selective_scan``), ``(Bt, G*Dg, L)`` float32 out."""
+    return CudaSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -1,0 +1,106 @@
+"""One SS2D step (SPEC §1.9 steps 1, 5, 6): cross-scan → selective scan → cross-merge.
+
+``ss2d_scan(x, delta, ...)`` equals::
+
+    xs = cross_scan(x).view(B, 4 * C, H * W)
+    ys = selective_scan(xs, delta, A, B, C, D, delta_bias, delta_softplus)
+    y  = cross_merge(ys.view(B, 4, C, H, W))
+
+The ``triton`` backend fuses the three: the scan reads ``x`` in each direction's order and adds
+its output straight into the merged map, so the ``(B, 4C, L)`` intermediates are never written.
+The ``unfused`` backend is exactly the three public calls above (each picking its own backend),
+and ``torch`` composes the reference backends.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+
+from ._checks import check_float, check_same, check_shape
+from .cross_scan import cross_merge, cross_scan
+from .dispatch import Backend, select
+from .selective_scan import selective_scan
+
+GROUPS = 4
+
+
+def _composed(scan_backend, xs_backend):
+    def run(x, delta, A, B, C, D, delta_bias, delta_softplus):
+        batch, channels, height, width = x.shape
+        xs = cross_scan(x, backend=xs_backend).view(batch, GROUPS * channels, height * width)
+        ys = selective_scan(xs, delta, A, B, C, D, delta_bias, delta_softplus, backend=scan_backend)
+        return cross_merge(ys.view(batch, GROUPS, channels, height, width), backend=xs_backend)
+    return run
+
+
+def _always(*args) -> Optional[str]:
+    return None
+
+
+def _triton_can_run(x, delta, A, B, C, D, delta_bias, delta_softplus) -> Optional[str]:
+    if x.device.type != "cuda":
+        return f"inputs are on {x.device.type}"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    from .triton_backend.selective_scan import can_run
+
+    return can_run(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def _triton_run(*args):
+    from .triton_backend.selective_scan import ss2d_scan as impl
+
+    return impl(*args)
+
+
+# Fastest first (benchmarks/RESULTS.md, "SS2D step", H100): the fused Triton kernel wins the forward at
+# small maps but loses the backward everywhere, so the unfused chain comes first.
+BACKENDS = [Backend("unfused", _always, _composed(None, None)),
+            Backend("triton", _triton_can_run, _triton_run),
+            Backend("torch", _always, _composed("torch", "torch"))]
+
+
+def ss2d_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+              D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+              delta_softplus: bool = True, backend: Optional[str] = None) -> torch.Tensor:
+    """Selective scan of a 2-D map in the four cross-scan directions, merged back (float32 out).
+
+    Args:
+        x: ``(B, C, H, W)`` map, float32/float16/bfloat16 (float64 on the torch backends).
+        delta: ``(B, 4*C, H*W)`` step sizes in each direction's scan order (direction-major), same
+            dtype as ``x``.
+        A: ``(4*C, N)``; B, C: ``(B, 4, N, H*W)`` in x's dtype; D, delta_bias: optional ``(4*C,)``;
+        delta_softplus: as in :func:`segman.ops.selective_scan`.
+        backend: ``"triton"`` (fused), ``"unfused"`` (the three public ops, each auto-selected) or
+            ``"torch"``; None picks the fastest that supports the inputs.
+
+    Returns:
+        ``(B, C, H*W)`` float32 (float64 for float64 inputs): the sum over the four directions of
+        the scan output mapped back to row-major order.
+    """
+    op = "ss2d_scan"
+    for name, t in (("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("delta_bias", delta_bias)):
+        if t is not None:
+            check_float(name, t)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if B.dim() != 4:
+        raise ValueError(f"{op}: B must be (batch, 4, d_state, H*W), got shape {tuple(B.shape)}")
+    batch, channels, height, width = x.shape
+    length, d_state = height * width, B.shape[2]
+    check_shape("delta", delta, (batch, GROUPS * channels, length), " (B, 4*C, H*W)")
+    check_shape("A", A, (GROUPS * channels, d_state), " (4*C, d_state)")
+    check_shape("B", B, (batch, GROUPS, d_state, length))
+    check_shape("C", C, (batch, GROUPS, d_state, length), " (same as B)")
+    if D is not None:
+        check_shape("D", D, (GROUPS * channels,))
+    if delta_bias is not None:
+        check_shape("delta_bias", delta_bias, (GROUPS * channels,))
+    check_same(op, "dtype", [("x", x), ("delta", delta), ("B", B), ("C", C)])
+    check_same(op, "device", [("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                              ("delta_bias", delta_bias)])
+    args = (x, delta, A, B, C, D, delta_bias, delta_softplus)
+    return select(op, BACKENDS, backend, *args).run(*args)
