@@ -7,7 +7,8 @@ caches the wheel under ``~/.cache/segman/wheels/<key>/`` keyed by mmcv, torch an
 (pip's own wheel cache does not key on torch, so it would silently reuse a wheel built against
 another torch) and installs it.  Nothing in site-packages is edited.
 
-Usage: python scripts/install_mmcv.py [--cache-dir DIR] [--jobs N]
+Usage: python scripts/install_mmcv.py [--cache-dir DIR] [--jobs N] [--sdist mmcv-full-1.7.2.tar.gz]
+(``--sdist`` builds from a downloaded source distribution, for machines without a package index.)
 """
 from __future__ import annotations
 
@@ -52,13 +53,15 @@ def installed_mmcv_matches() -> bool:
     return _marker().is_file() and _marker().read_text().strip() == cache_key()
 
 
-def build_wheel(out_dir: Path, jobs: int) -> Path:
-    """Download the sdist, raise -std=c++17 to c++20, build a wheel with CPU ops into ``out_dir``."""
+def build_wheel(out_dir: Path, jobs: int, sdist: Path | None = None) -> Path:
+    """Raise -std=c++17 to c++20 in the sdist (downloaded unless given) and build a wheel with CPU ops."""
     with tempfile.TemporaryDirectory(prefix="mmcv-build-") as tmp:
         tmp_path = Path(tmp)
-        _pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-             f"mmcv-full=={MMCV_VERSION}", "-d", str(tmp_path))
-        with tarfile.open(tmp_path / f"{SDIST_NAME}.tar.gz") as tar:
+        if sdist is None:
+            _pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+                 f"mmcv-full=={MMCV_VERSION}", "-d", str(tmp_path))
+            sdist = tmp_path / f"{SDIST_NAME}.tar.gz"
+        with tarfile.open(sdist) as tar:
             tar.extractall(tmp_path, filter="data")
         src = tmp_path / SDIST_NAME
         setup_py = src / "setup.py"
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("SEGMAN_CACHE", Path.home() / ".cache" / "segman")))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--sdist", type=Path, default=None, help=f"local {SDIST_NAME}.tar.gz (offline builds)")
     args = parser.parse_args()
 
     key = cache_key()
@@ -98,7 +102,7 @@ def main() -> None:
         print(f"using cached wheel {wheel}")
     else:
         print(f"building {SDIST_NAME} for {key} (about 12 minutes on 2 cores, once per torch version)")
-        wheel = build_wheel(wheel_dir, args.jobs)
+        wheel = build_wheel(wheel_dir, args.jobs, args.sdist)
     _pip("install", "--no-deps", "--force-reinstall", str(wheel))
     _marker().write_text(key + "\n")
     print(f"installed {wheel.name}")
