@@ -17,6 +17,13 @@ imported, and each has a test in ``tests/segmentation/test_compat.py``.  Fixes:
 4. Resuming repeated one iteration: ``IterBasedRunner`` saves from ``after_train_iter``, before
    its counter moves, so ``iter_N.pth`` records ``meta['iter'] = N - 1`` and ``resume`` re-ran
    iteration N (another batch, the learning rate one step behind).  Resume now continues at N + 1.
+5. Segfault in ``collect_env()`` (train.py's first log line): ``mmcv.ops.get_compiler_version``
+   calls into the compiled ``_ext``, which crashed a CPU-ops build for torch 2.11 / Python 3.12
+   ("Fatal Python error: Segmentation fault ... mmcv/ops/info.py").  SegMAN uses no mmcv C++
+   op, so the two version queries are answered in Python without touching ``_ext``.
+6. Distributed evaluation crash on torch >= 2.0: ``MMDistributedDataParallel._run_ddp_forward``
+   reads ``self._use_replicated_tensor_module``, an attribute torch's DDP no longer sets
+   (``AttributeError`` in ``multi_gpu_test``).  The class gets the attribute's old default, False.
 """
 from __future__ import annotations
 
@@ -78,13 +85,24 @@ def _resume_after_saved_iteration(resume):
     return wrapper
 
 
+def _mmcv_compiler_version() -> str:
+    """What ``collect_env`` reports for mmcv's compiler, without calling the compiled ``_ext`` (fix 5)."""
+    return 'not queried (segman_mmseg.compat)'
+
+
 def apply() -> None:
     """Install every fix (idempotent)."""
     import mmcv.parallel._functions as mmcv_parallel_functions
     from mmcv.runner import BaseRunner, IterBasedRunner
     from mmcv.runner.checkpoint import CheckpointLoader
 
+    import mmcv.ops
+    from mmcv.parallel import MMDistributedDataParallel
+
+    if not hasattr(MMDistributedDataParallel, '_use_replicated_tensor_module'):
+        MMDistributedDataParallel._use_replicated_tensor_module = False
     mmcv_parallel_functions._get_stream = _get_stream_accepting_index
+    mmcv.ops.get_compiler_version = mmcv.ops.get_compiling_cuda_version = _mmcv_compiler_version
     for runner in (BaseRunner, IterBasedRunner):
         _patch_method(runner, 'resume', _resume_on_any_device)
     _patch_method(IterBasedRunner, 'resume', _resume_after_saved_iteration)

@@ -3,7 +3,8 @@
     python tools/train.py local_configs/segman/base/segman_b_ade.py [--work-dir DIR] [--drop-path 0.25]
     bash tools/dist_train.sh CONFIG GPUS [...]          # distributed, through torchrun
 
-Runs on CPU when no GPU is present.  Outside distributed runs SyncBN layers become BatchNorm.
+Runs on CPU when no GPU is present.  Outside distributed runs SyncBN layers become BatchNorm;
+in distributed runs every BatchNorm becomes SyncBN.
 The resolved config, environment and seed are written to the work dir; logs go to text and
 TensorBoard (``<work_dir>/tf_logs``).  ``--auto-resume`` continues from the newest checkpoint.
 """
@@ -103,7 +104,9 @@ def main() -> None:
 
     model = build_segmentor(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
     model.init_weights()
-    if not distributed:
+    if distributed:  # the original converted its backbone BN in __init__; the trainer does it here
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    else:
         model = revert_sync_batchnorm(model)  # SyncBN needs a process group
     logger.info(model)
 
@@ -119,6 +122,10 @@ def main() -> None:
     model.CLASSES = datasets[0].CLASSES
     train_segmentor(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
                     timestamp=timestamp, meta=meta)
+    if torch.cuda.is_available():
+        rank, world_size = get_dist_info()
+        print(f"rank {rank}/{world_size} on {torch.cuda.get_device_name()}: training finished, "
+              f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

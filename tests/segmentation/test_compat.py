@@ -91,3 +91,26 @@ def test_resume_without_cuda_maps_to_cpu_and_continues_after_the_saved_iteration
     assert seen == ["cpu"]
     # iter_4.pth is saved inside iteration 4 with meta iter 3: continue with iteration 5
     assert runner.iter == 4 and runner.inner_iter == 4
+
+
+def test_collect_env_does_not_call_the_compiled_version_query(monkeypatch):
+    """mmcv.ops.get_compiler_version crashed (segfault) in a torch 2.11 / Python 3.12 build (fix 5)."""
+    from mmcv.ops import info
+    from mmcv.utils import collect_env
+
+    def crash():
+        raise AssertionError("the compiled _ext query must not be called")
+
+    monkeypatch.setattr(info.ext_module, "get_compiler_version", crash, raising=False)
+    monkeypatch.setattr(info.ext_module, "get_compiling_cuda_version", crash, raising=False)
+    env = collect_env()
+    assert env["MMCV Compiler"] == env["MMCV CUDA Compiler"] == "not queried (segman_mmseg.compat)"
+
+
+def test_mmddp_has_the_attribute_its_forward_reads():
+    """MMDistributedDataParallel._run_ddp_forward reads _use_replicated_tensor_module, gone from
+    torch's DDP in 2.x: multi_gpu_test crashed with AttributeError (fix 6)."""
+    from mmcv.parallel import MMDistributedDataParallel
+
+    ddp = MMDistributedDataParallel.__new__(MMDistributedDataParallel)
+    assert ddp._use_replicated_tensor_module is False
