@@ -3,10 +3,11 @@
     python tools/make_toy_dataset.py data/toy_shapes [--train 240] [--val 40] [--size 256] [--seed 0]
 
 Layout (as ADEChallengeData2016): ``images/{training,validation}/*.jpg`` and
-``annotations/{training,validation}/*.png`` with 0 = unlabelled and classes 1..6 (configs use
+``annotations/{training,validation}/*.png`` with 0 = unlabelled and classes 1..5 (configs use
 ``reduce_zero_label=True``, like ADE20K).  Every object gets random colours, so a pixel's colour
-says nothing about its class: telling a disk from a ring or a square needs its shape, and
-stripes from a checkerboard needs texture, i.e. spatial context.  Deterministic for a seed.
+says nothing about its class: telling a ring from a disk needs its shape (a ring's pixels look
+like a disk's), and stripes from a checkerboard needs texture, i.e. spatial context.
+Deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-CLASSES = ('background', 'disk', 'ring', 'square', 'stripes', 'checker')
-PALETTE = [[120, 120, 120], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]]
+CLASSES = ('background', 'disk', 'ring', 'stripes', 'checker')
+PALETTE = [[120, 120, 120], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48]]
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -34,27 +35,22 @@ def _draw_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     label = np.ones((size, size), np.uint8)
     for _ in range(rng.integers(3, 7)):
-        kind = rng.integers(2, 7)
+        kind = rng.integers(2, 6)  # file labels: 2 disk, 3 ring, 4 stripes, 5 checker
         cy, cx = rng.uniform(0.1 * size, 0.9 * size, size=2)
-        r = rng.uniform(0.08 * size, 0.2 * size)
+        r = rng.uniform(0.1 * size, 0.22 * size)
         if kind == 2:    # disk
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-        elif kind == 3:  # ring: an annulus as thick as a third of its radius
+        elif kind == 3:  # ring: an annulus as thick as 40% of its radius
             d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
             mask = (d <= r) & (d >= 0.6 * r)
-        elif kind == 4:  # square, rotated
-            a = rng.uniform(0, np.pi / 2)
-            u = np.cos(a) * (xx - cx) + np.sin(a) * (yy - cy)
-            v = -np.sin(a) * (xx - cx) + np.cos(a) * (yy - cy)
-            mask = (np.abs(u) <= 0.8 * r) & (np.abs(v) <= 0.8 * r)
-        else:            # textured rectangles: stripes (5) or checkerboard (6)
+        else:            # textured rectangles: stripes (4) or checkerboard (5)
             h, w = rng.uniform(0.2 * size, 0.45 * size, size=2)
             mask = (np.abs(yy - cy) <= h / 2) & (np.abs(xx - cx) <= w / 2)
-        if kind <= 4:
+        if kind <= 3:
             img[mask] = _colour(rng)
         else:
             period = rng.uniform(8, 16)
-            if kind == 5:
+            if kind == 4:
                 a = rng.uniform(0, np.pi)
                 phase = (np.cos(a) * xx + np.sin(a) * yy) // (period / 2) % 2
             else:

@@ -30,9 +30,10 @@ class AxisTiling(NamedTuple):
 
 
 def _axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTiling:
-    tile = min(QUERY_TILE, length - kernel_size + 1)
+    # An axis no longer than one tile's region is a single tile: every window lies inside it.
+    tile = length if length <= QUERY_TILE + kernel_size - 1 else QUERY_TILE
     n_tiles = math.ceil(length / tile)
-    region = tile + kernel_size - 1
+    region = min(tile + kernel_size - 1, length)
     starts = torch.arange(n_tiles, device=device) * tile
     region_start = (starts - kernel_size // 2).clamp(0, length - region)
     key_pos = region_start[:, None] + torch.arange(region, device=device)

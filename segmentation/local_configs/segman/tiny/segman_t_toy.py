@@ -2,8 +2,8 @@
 # a CPU-sized demo of the full pipeline and a worked example of a custom dataset: the classes
 # and palette are declared here, and mmseg's CustomDataset reads the ADE20K-style folders.
 _base_ = ['./segman_t_ade.py']
-classes = ('background', 'disk', 'ring', 'square', 'stripes', 'checker')
-palette = [[120, 120, 120], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]]
+classes = ('background', 'disk', 'ring', 'stripes', 'checker')
+palette = [[120, 120, 120], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48]]
 data_root = 'data/toy_shapes'
 crop_size = (224, 224)  # SegMAN needs >= 224 px (a 7×7 window at 1/32)
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
@@ -48,8 +48,9 @@ data = dict(
               pipeline=test_pipeline))
 # From scratch, so a larger learning rate than fine-tuning and a short warm-up.
 optimizer = dict(lr=2e-3, paramwise_cfg=dict(custom_keys={'head': dict(lr_mult=1.)}))
-lr_config = dict(warmup_iters=50)
-runner = dict(max_iters=400)
-checkpoint_config = dict(interval=100, max_keep_ckpts=2)
-evaluation = dict(interval=400, save_best='mIoU')
+# 360 iterations of 8 crops take about 10 minutes on 2 CPU cores.
+lr_config = dict(warmup_iters=40)
+runner = dict(max_iters=360)
+checkpoint_config = dict(interval=120, max_keep_ckpts=2)
+evaluation = dict(interval=360, save_best='mIoU')
 log_config = dict(interval=10)
