@@ -40,9 +40,9 @@ def _draw_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
         r = rng.uniform(0.1 * size, 0.22 * size)
         if kind == 2:    # disk
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-        elif kind == 3:  # ring: an annulus as thick as 40% of its radius
+        elif kind == 3:  # ring: an annulus as thick as half its radius
             d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-            mask = (d <= r) & (d >= 0.6 * r)
+            mask = (d <= r) & (d >= 0.5 * r)
         else:            # textured rectangles: stripes (4) or checkerboard (5)
             h, w = rng.uniform(0.2 * size, 0.45 * size, size=2)
             mask = (np.abs(yy - cy) <= h / 2) & (np.abs(xx - cx) <= w / 2)
