@@ -48,8 +48,10 @@ def main() -> None:
         ax2.set_ylabel('mIoU (%)')
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    step = max(1, len(losses) // 8)
-    print('loss curve: ' + ', '.join(f'it {i}: {loss:.3f}' for i, loss in losses[::step] + losses[-1:]))
+    shown = losses[::max(1, len(losses) // 8)]
+    if shown[-1] != losses[-1]:
+        shown.append(losses[-1])
+    print('loss curve: ' + ', '.join(f'it {i}: {loss:.3f}' for i, loss in shown))
     print(f'written to {out}')
 
 
