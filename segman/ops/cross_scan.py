@@ -12,11 +12,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_float
-from .dispatch import Backend, select
-
-
-def _torch_can_run(*args) -> Optional[str]:
-    return None
+from .dispatch import Backend, runs_anywhere, select
 
 
 def _torch_scan(x):
@@ -55,8 +51,8 @@ def _triton_merge(y):
 
 # Fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
 # transposes (benchmarks/RESULTS.md, "GPU selective scan").
-SCAN_BACKENDS = [Backend("triton", _triton_can_run, _triton_scan), Backend("torch", _torch_can_run, _torch_scan)]
-MERGE_BACKENDS = [Backend("triton", _triton_can_run, _triton_merge), Backend("torch", _torch_can_run, _torch_merge)]
+SCAN_BACKENDS = [Backend("triton", _triton_can_run, _triton_scan), Backend("torch", runs_anywhere, _torch_scan)]
+MERGE_BACKENDS = [Backend("triton", _triton_can_run, _triton_merge), Backend("torch", runs_anywhere, _torch_merge)]
 
 
 def cross_scan(x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

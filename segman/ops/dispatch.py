@@ -48,6 +48,11 @@ class Backend:
     run: Callable[..., object]
 
 
+def runs_anywhere(*args, **kwargs) -> Optional[str]:
+    """``can_run`` of backends that take every validated input (the torch references)."""
+    return None
+
+
 def _parse(spec: Optional[str], op: str) -> Optional[str]:
     """The backend named for ``op`` by an override string, or None; a malformed string raises."""
     if not spec:

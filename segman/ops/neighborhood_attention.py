@@ -15,11 +15,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_float, check_same, check_shape
-from .dispatch import Backend, select
-
-
-def _torch_can_run(*args) -> Optional[str]:
-    return None
+from .dispatch import Backend, runs_anywhere, select
 
 
 def _torch_run(*args):
@@ -73,7 +69,7 @@ def _natten_run(*args):
 # SegMAN's RPB attention); triton covers fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
 BACKENDS = [Backend("natten", _natten_can_run, _natten_run),
             Backend("triton", _triton_can_run, _triton_run),
-            Backend("torch", _torch_can_run, _torch_run)]
+            Backend("torch", runs_anywhere, _torch_run)]
 
 
 def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,

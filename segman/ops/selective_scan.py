@@ -7,11 +7,7 @@ from typing import Optional
 import torch
 
 from ._checks import check_float, check_same, check_shape
-from .dispatch import Backend, select
-
-
-def _torch_can_run(*args, **kwargs) -> Optional[str]:
-    return None
+from .dispatch import Backend, runs_anywhere, select
 
 
 def _torch_run(*args, **kwargs):
@@ -52,7 +48,7 @@ def _triton_run(*args, **kwargs):
 # built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
 BACKENDS = [Backend("cuda", _cuda_can_run, _cuda_run),
             Backend("triton", _triton_can_run, _triton_run),
-            Backend("torch", _torch_can_run, _torch_run)]
+            Backend("torch", runs_anywhere, _torch_run)]
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

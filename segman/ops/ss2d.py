@@ -20,7 +20,7 @@ import torch
 
 from ._checks import check_float, check_same, check_shape
 from .cross_scan import cross_merge, cross_scan
-from .dispatch import Backend, select
+from .dispatch import Backend, runs_anywhere, select
 from .selective_scan import selective_scan
 
 GROUPS = 4
@@ -33,10 +33,6 @@ def _composed(scan_backend, xs_backend):
         ys = selective_scan(xs, delta, A, B, C, D, delta_bias, delta_softplus, backend=scan_backend)
         return cross_merge(ys.view(batch, GROUPS, channels, height, width), backend=xs_backend)
     return run
-
-
-def _always(*args) -> Optional[str]:
-    return None
 
 
 def _triton_can_run(x, delta, A, B, C, D, delta_bias, delta_softplus) -> Optional[str]:
@@ -57,9 +53,9 @@ def _triton_run(*args):
 
 # Fastest first (benchmarks/RESULTS.md, "SS2D step", H100): the fused Triton kernel wins the forward at
 # small maps but loses the backward everywhere, so the unfused chain comes first.
-BACKENDS = [Backend("unfused", _always, _composed(None, None)),
+BACKENDS = [Backend("unfused", runs_anywhere, _composed(None, None)),
             Backend("triton", _triton_can_run, _triton_run),
-            Backend("torch", _always, _composed("torch", "torch"))]
+            Backend("torch", runs_anywhere, _composed("torch", "torch"))]
 
 
 def ss2d_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
