@@ -9,27 +9,35 @@ is the reference).  Per query pixel ``(i, j)`` with window origin ``s = clamp(i 
     p       = softmax(logits)                              # written and read again (K² floats)
     out     = p @ v[window]                                # another K²·d gather
 
-Here the (…, K²) tensors never reach global memory.  A program owns a strip of ``TW = 16`` query
-pixels of one row (then the next ``TR - 1`` rows, so that the key rows it reloads hit L1).  All
-queries of a strip share their window rows, so the program walks the ``K`` key rows of the window;
-each is one contiguous run of ``RWP = pow2(TW + K - 1)`` pixels holding every strip query's window
-columns.  It scores the strip against the run with ``tl.dot`` (head_dim padded to a power of two by
-masks), masks keys outside each query's window, adds the bias -- one row of ``rpb[head]`` per key
-row, so the gather stays within a few cache lines -- and folds the row into an online softmax.
-Scored keys per query: ``K·RWP`` (352 for K 11) against ``K² = 121`` needed.  The forward saves the
-log-sum-exp per query (``B·n·H·W`` floats) for the backward.
+Here the (…, K²) tensors never reach global memory.  A program owns ``TR`` tiles of ``TH`` rows ×
+``TW = 16`` query pixels (``M = TH·TW`` queries, one ``tl.dot`` operand, spread over the warps).  The
+tile's queries share their window columns, so a key row is one contiguous run of
+``RWP = pow2(TW + K - 1)`` pixels; the program walks the ``K + TH - 1`` key rows that some window of
+the tile holds, scores the whole tile against each run with ``tl.dot`` (head_dim padded to a power
+of two by masks) and folds it into an online softmax.  Scored keys per query: ``(K + TH - 1)·RWP``
+against ``K² `` needed; in exchange each loaded key row serves ``M`` queries and the warps share it.
+
+Masking costs no arithmetic: the bias comes from a *bias table* built per call from ``rpb``
+(``bias_table``): ``table[head, e, row, CO + c]`` is ``rpb[head, row, c] / ln 2`` when bias column
+``c`` lies in a window whose first column has offset ``e`` from the query (``e`` = window start −
+query + K − 1, ``0 ≤ e < K``), else ``-inf``; slab ``e = K`` and row ``2K − 1`` are all ``-inf``
+(queries or keys outside the map, key rows outside the window).  One unmasked load per score adds
+the bias and the window mask together.  Without rpb the table holds zeros and ``-inf``.  The forward
+saves the log-sum-exp per query (``B·n·H·W`` floats) for the backward.
 
 Backward, FlashAttention-2 style, in two kernels:
 
-* ``dq`` kernel (per query strip, same walk): recomputes ``p = exp(logit - lse)``,
+* ``dq`` kernel (per query tile, same walk): recomputes ``p = exp(logit - lse)``,
   ``ds = p (dO·v - Δ)`` with ``Δ = rowsum(dO ∘ O)`` (computed here and saved for the next kernel),
-  accumulates ``dq``, and reduces ``ds`` to the bias row of each key row *inside the program*: a
-  ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the strip's queries are
-  summed.  Each program writes its ``K × (2K-1)`` partial per query row once (plain stores; the
-  buffer is ~11 MB at SegMAN-S stage 1); a torch ``sum``/``index_add`` finishes ``d_rpb``.  No atomics.
-* ``dk/dv`` kernel (per key strip): walks the rows of queries whose windows contain the key row
-  (``K`` rows inside the map, more at the borders where windows are shifted inwards), recomputes
-  ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
+  accumulates ``dq``, and reduces ``ds`` to the bias row of each (query row, key row) *inside the
+  program*: a ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the 16 queries
+  of each tile row are summed.  Each program writes the ``K`` d_rpb rows that each of its query rows
+  touches once (plain stores into a zeroed ``(B, heads, H, W/16, 2K-1, BP)`` buffer, ~21 MB at
+  SegMAN-S stage 1); one torch ``sum`` finishes ``d_rpb``.
+  No atomics.
+* ``dk/dv`` kernel (per key tile): walks the rows of queries whose windows hold a key row of the
+  tile (``K + TH - 1`` inside the map, more at the borders where windows are shifted inwards),
+  recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
 
 Precision: products accumulate in fp32; fp16/bf16 probabilities are rounded to v's dtype before
 ``p @ v`` (as NATTEN does).  fp32 inputs use ``tf32x3`` dot products (about fp32 accuracy) unless
@@ -40,6 +48,7 @@ Tiles are picked per (head_dim, kernel size, dtype) by a narrow autotuner over a
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple, Optional
 
@@ -48,7 +57,8 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-_LOG2E = tl.constexpr(LOG2E)  # the same, readable inside kernels
+TW = 16  # tile width in pixels: the smallest tl.dot operand
+_TW = tl.constexpr(TW)  # the same, readable inside kernels
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,12 +89,68 @@ def _load_rows(base, offsets, d_ok, EVEN_D: tl.constexpr):
     return tl.load(base + offsets, mask=d_ok[None, :], other=0.0)
 
 
+# --------------------------------------------------------------------------------------------------
+# Tiles.  A program owns ``TR`` tiles, one below the other, of ``TH`` pixel rows × ``TW`` columns.
+# Element ``m`` of a tile (``M = TH·TW``) is pixel (row0 + m % TH, col0 + m // TH): column-major, so
+# that in the row-cyclic register layout of the d_rpb reduction one warp holds one tile row.  The
+# forward and dq kernels tile queries and walk key rows, ``ROWS`` per step (two independent dots in
+# flight); the dk/dv kernel tiles keys and walks query rows.  The bias table (module docstring) has
+# ``K + 1`` slabs of ``2K`` rows × ``CW`` columns per head; bias column ``c`` sits at column ``CO + c``.
+# --------------------------------------------------------------------------------------------------
+
 @triton.jit
-def _strip_origin(TR: tl.constexpr, TW: tl.constexpr, W):
-    """First row and first column of this program's ``TR`` rows × ``TW`` columns of pixels."""
+def _tile_origin(rows_per_program, W):
+    """First row and first column of this program's pixels."""
     pid_t = tl.program_id(0)
-    strips_w = tl.cdiv(W, TW)
-    return (pid_t // strips_w) * TR, (pid_t % strips_w) * TW
+    tiles_w = tl.cdiv(W, _TW)
+    return (pid_t // tiles_w) * rows_per_program, (pid_t % tiles_w) * _TW
+
+
+@triton.jit
+def _tile_pixels(i0, j0, H, W, TH: tl.constexpr):
+    """Per tile element: (clamped) row, column and whether the pixel is in the map."""
+    m = tl.arange(0, TH * _TW)
+    row = i0 + m % TH
+    col = j0 + m // TH
+    return tl.minimum(row, H - 1), col, (row < H) & (col < W)
+
+
+@triton.jit
+def _query_tile(i0, j0, H, W, table_head, KS: tl.constexpr, TH: tl.constexpr, CO: tl.constexpr,
+                CW: tl.constexpr):
+    """A query tile at pixel ``(i0, j0)``, per element: (clamped) row, column, in-map flag, window
+    start row, and the table offset of bias column 0 in its slab (row 0); the tile's key rows are
+    ``lo ..< hi``."""
+    qi, qj, q_ok = _tile_pixels(i0, j0, H, W, TH)
+    slab = tl.where(q_ok, _window_start(qj, W, KS) - qj + (KS - 1), KS)
+    col_base = table_head + slab * (2 * KS * CW) + CO + (KS - 1) - qj
+    lo = _window_start(i0, H, KS)
+    hi = _window_start(tl.minimum(i0 + TH, H) - 1, H, KS) + KS
+    return qi, qj, q_ok, _window_start(qi, H, KS), col_base, lo, hi
+
+
+@triton.jit
+def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr):
+    """Key columns of a query tile's key rows: the unclamped ``RWP`` (for the table), the loaded ones
+    (clamped into the union of the tile's windows) and the first."""
+    col0 = _window_start(j0, W, KS)
+    col1 = _window_start(tl.minimum(j0 + _TW, W) - 1, W, KS) + KS
+    kc = col0 + tl.arange(0, RWP)
+    return kc, tl.minimum(kc, col1 - 1), col0
+
+
+@triton.jit
+def _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE, qk_scale, d_ok,
+             KS: tl.constexpr, CW: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
+    """Key row ``kr`` (clamped into the map for loading) of a query tile: ``k``, ``v`` ``[RWP, DP]`` and
+    the log2-scaled logits ``[M, RWP]``, ``-inf`` outside each query's window (rows past the map are
+    outside every window)."""
+    kr_in = tl.minimum(kr, H - 1)
+    k = _load_rows(K + kr_in * skh, k_off, d_ok, EVEN_D)
+    v = _load_rows(V + kr_in * svh, v_off, d_ok, EVEN_D)
+    row = tl.where((kr >= si) & (kr < si + KS), kr - qi + (KS - 1), 2 * KS - 1)
+    bias = tl.load(TABLE + (col_base + row * CW)[:, None] + kc[None, :])
+    return k, v, tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + bias
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,207 +159,222 @@ def _strip_origin(TR: tl.constexpr, TW: tl.constexpr, W):
 
 @triton.jit
 def _na2d_fwd_kernel(
-    Q, K, V, RPB, O, LSE,
+    Q, K, V, TABLE, O, LSE,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sob, son, soh, sow,
-    heads, H, W, D, qk_scale,
-    KS: tl.constexpr, HAS_RPB: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr,
-    RWP: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    heads, H, W, D, qk_scale, table_heads,
+    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr, RWP: tl.constexpr,
+    CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    tl.static_assert(RWP >= TW + KS - 1)
-    NB: tl.constexpr = 2 * KS - 1                                   # bias bins per axis
+    tl.static_assert(RWP >= _TW + KS - 1)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    i_first, j0 = _strip_origin(TR, TW, W)
-
-    # Columns: the same for every query row of the strip.
-    qj = j0 + tl.arange(0, TW)
-    qj_ok = qj < W
-    sj = _window_start(qj, W, KS)
-    col0 = _window_start(j0, W, KS)
-    col1 = _window_start(tl.minimum(j0 + TW, W) - 1, W, KS) + KS
-    kc = col0 + tl.arange(0, RWP)                                   # key columns of every key row
-    inside = (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KS) & qj_ok[:, None]
-    bias_col = kc[None, :] - qj[:, None] + (KS - 1)
-    kc = tl.minimum(kc, col1 - 1)                                   # past the union: loaded, masked out
+    i_first, j0 = _tile_origin(TR * TH, W)
+    kc, kc_load, _col0 = _key_columns(j0, W, KS, RWP)
     d = tl.arange(0, DP)
     d_ok = d < D
-    q_mask = qj_ok[:, None] & d_ok[None, :]
-    k_row = K + b * skb + n * skn                                   # scalar bases, int32 offsets: few
-    v_row = V + b * svb + n * svn                                   # registers per thread
-    k_off = kc[:, None] * skw + d[None, :]
-    v_off = kc[:, None] * svw + d[None, :]
-    rpb_base = RPB + n * NB * NB
+    k_base = K + b * skb + n * skn                                  # scalar bases, int32 offsets
+    v_base = V + b * svb + n * svn
+    k_off = kc_load[:, None] * skw + d[None, :]
+    v_off = kc_load[:, None] * svw + d[None, :]
+    table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
-    for qi in range(i_first, tl.minimum(i_first + TR, H)):
-        si = _window_start(qi, H, KS)
-        q = tl.load(Q + b * sqb + n * sqn + qi * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
-        m_i = tl.full([TW], -1.0e30, tl.float32)
-        l_i = tl.zeros([TW], tl.float32)
-        acc = tl.zeros([TW, DP], tl.float32)
-        for a in range(0, KS):                                      # the K key rows of the window
-            kr = si + a
-            k = _load_rows(k_row + kr * skh, k_off, d_ok, EVEN_D)
-            v = _load_rows(v_row + kr * svh, v_off, d_ok, EVEN_D)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            if HAS_RPB:  # one row of rpb[head]: contiguous per query
-                bias = tl.load(rpb_base + (kr - qi + (KS - 1)) * NB + bias_col, mask=inside, other=0.0)
-                s += bias.to(tl.float32) * _LOG2E
-            s = tl.where(inside, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+    for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
+        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, CO, CW)
+        q_mask = q_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
+        m_i = tl.full([TH * _TW], -1.0e30, tl.float32)
+        l_i = tl.zeros([TH * _TW], tl.float32)
+        acc = tl.zeros([TH * _TW, DP], tl.float32)
+        for kr in range(r_lo, r_hi, ROWS):
+            k0, v0, s0 = _key_row(q, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE,
+                                  qk_scale, d_ok, KS, CW, EVEN_D, PRECISION)
+            m_new = tl.maximum(m_i, tl.max(s0, 1))
+            if ROWS == 2:  # the next row past r_hi is outside every window
+                k1, v1, s1 = _key_row(q, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base, kc,
+                                      TABLE, qk_scale, d_ok, KS, CW, EVEN_D, PRECISION)
+                m_new = tl.maximum(m_new, tl.max(s1, 1))
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            p = tl.exp2(s0 - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            acc = tl.dot(p.to(v0.dtype), v0, acc * alpha[:, None], input_precision=PRECISION)
+            if ROWS == 2:
+                p = tl.exp2(s1 - m_new[:, None])
+                l_i += tl.sum(p, 1)
+                acc = tl.dot(p.to(v1.dtype), v1, acc, input_precision=PRECISION)
             m_i = m_new
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
-        tl.store(O + b * sob + n * son + qi * soh + qj[:, None] * sow + d[None, :],
+        tl.store(O + b * sob + n * son + qi[:, None] * soh + qj[:, None] * sow + d[None, :],
                  (acc / l_i[:, None]).to(O.dtype.element_ty), mask=q_mask)
-        tl.store(LSE + (pid_bh.to(tl.int64) * H + qi) * W + qj, m_i + tl.log2(l_i), mask=qj_ok)
+        tl.store(LSE + (pid_bh.to(tl.int64) * H + qi) * W + qj, m_i + tl.log2(l_i), mask=q_ok)
 
 
 # --------------------------------------------------------------------------------------------------
-# Backward, kernel 1: dq, Δ and the per-program d_rpb partials (per query strip)
+# Backward, kernel 1: dq, Δ and the per-program d_rpb partials (per query tile)
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE, qk_scale, lse, delta,
+                d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
+                KS: tl.constexpr, CW: tl.constexpr, TH: tl.constexpr, BP: tl.constexpr,
+                RPB_GRAD: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
+    """One key row of the dq walk: returns ``dq + ds @ k`` ``[M, DP]``; stores this row's d_rpb partials."""
+    k, v, s = _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE, qk_scale, d_ok,
+                       KS, CW, EVEN_D, PRECISION)
+    p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of this key row
+        y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, BP]
+        y = tl.sum(tl.reshape(y, (_TW, TH, BP)), axis=0)                               # [TH, BP]
+        a = kr - row_si                                                                 # window row
+        tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * BP + c[None, :], y,
+                 mask=(row_ok & (a >= 0) & (a < KS))[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+
+
+@triton.jit
 def _na2d_bwd_dq_kernel(
-    Q, K, V, RPB, O, DO, LSE, DELTA, DQ, DRPB,
+    Q, K, V, TABLE, O, DO, LSE, DELTA, DQ, DRPB,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw,
     sob, son, soh, sow, sdb, sdn, sdh, sdw, sgb, sgn, sgh, sgw,
-    heads, H, W, D, qk_scale, scale,
-    KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr,
-    TW: tl.constexpr, RWP: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr, EVEN_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    heads, H, W, D, qk_scale, scale, table_heads,
+    KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr,
+    RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    tl.static_assert(RWP >= TW + KS - 1)
+    tl.static_assert(RWP >= _TW + KS - 1)
     tl.static_assert(BP >= 2 * KS - 1)
-    NB: tl.constexpr = 2 * KS - 1
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    i_first, j0 = _strip_origin(TR, TW, W)
-
-    qj = j0 + tl.arange(0, TW)
-    qj_ok = qj < W
-    sj = _window_start(qj, W, KS)
-    col0 = _window_start(j0, W, KS)
-    col1 = _window_start(tl.minimum(j0 + TW, W) - 1, W, KS) + KS
-    kc = col0 + tl.arange(0, RWP)
-    inside = (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KS) & qj_ok[:, None]
-    bias_col = kc[None, :] - qj[:, None] + (KS - 1)
-    kc = tl.minimum(kc, col1 - 1)
+    i_first, j0 = _tile_origin(TR * TH, W)
+    kc, kc_load, col0 = _key_columns(j0, W, KS, RWP)
     d = tl.arange(0, DP)
     d_ok = d < D
-    q_mask = qj_ok[:, None] & d_ok[None, :]
-    k_row = K + b * skb + n * skn
-    v_row = V + b * svb + n * svn
-    k_off = kc[:, None] * skw + d[None, :]
-    v_off = kc[:, None] * svw + d[None, :]
-    rpb_base = RPB + n * NB * NB
+    k_base = K + b * skb + n * skn
+    v_base = V + b * svb + n * svn
+    k_off = kc_load[:, None] * skw + d[None, :]
+    v_off = kc_load[:, None] * svw + d[None, :]
+    table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
-    # d_rpb: bias column c of query j sits at key column c + qj - (K-1), i.e. chunk column g_idx.
+    # d_rpb: bias column c of query column qj sits at column g_idx[m, c] of a key row.
+    qj_tile = j0 + tl.arange(0, TH * _TW) // TH
     c = tl.arange(0, BP)
-    g_idx = c[None, :] + (qj - (KS - 1) - col0)[:, None]
-    g_ok = (g_idx >= 0) & (g_idx < RWP) & (c < NB)[None, :] & qj_ok[:, None]
+    g_idx = c[None, :] + (qj_tile - (KS - 1) - col0)[:, None]
+    g_ok = (g_idx >= 0) & (g_idx < RWP) & (c < 2 * KS - 1)[None, :] & (qj_tile < W)[:, None]
     g_idx = tl.minimum(tl.maximum(g_idx, 0), RWP - 1)
-    strip = tl.program_id(0) % tl.cdiv(W, TW)
-    strips_w = tl.cdiv(W, TW)
+    tiles_w = tl.cdiv(W, _TW)
+    tile_col = tl.program_id(0) % tiles_w
+    t = tl.arange(0, TH)
 
-    for qi in range(i_first, tl.minimum(i_first + TR, H)):
-        si = _window_start(qi, H, KS)
-        row = qi * sqh + qj[:, None] * sqw + d[None, :]
-        q = tl.load(Q + b * sqb + n * sqn + row, mask=q_mask, other=0.0)
-        o = tl.load(O + b * sob + n * son + qi * soh + qj[:, None] * sow + d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + b * sdb + n * sdn + qi * sdh + qj[:, None] * sdw + d[None, :], mask=q_mask, other=0.0)
+    for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
+        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, CO, CW)
+        q_mask = q_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
+        o = tl.load(O + b * sob + n * son + qi[:, None] * soh + qj[:, None] * sow + d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + b * sdb + n * sdn + qi[:, None] * sdh + qj[:, None] * sdw + d[None, :], mask=q_mask,
+                     other=0.0)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         stat = (pid_bh.to(tl.int64) * H + qi) * W + qj
-        tl.store(DELTA + stat, delta, mask=qj_ok)
-        lse = tl.load(LSE + stat, mask=qj_ok, other=0.0)
-        part = (((pid_bh.to(tl.int64) * H + qi) * strips_w + strip) * KS) * BP
-        dq = tl.zeros([TW, DP], tl.float32)
-        for a in range(0, KS):
-            kr = si + a
-            k = _load_rows(k_row + kr * skh, k_off, d_ok, EVEN_D)
-            v = _load_rows(v_row + kr * svh, v_off, d_ok, EVEN_D)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            if HAS_RPB:
-                bias = tl.load(rpb_base + (kr - qi + (KS - 1)) * NB + bias_col, mask=inside, other=0.0)
-                s += bias.to(tl.float32) * _LOG2E
-            p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-            if RPB_GRAD:  # row (kr - qi + K - 1) of d_rpb: sum of ds along each key-minus-query diagonal
-                y = tl.sum(tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0), axis=0)
-                tl.store(DRPB + part + a * BP + c, y)
-        tl.store(DQ + b * sgb + n * sgn + qi * sgh + qj[:, None] * sgw + d[None, :],
+        tl.store(DELTA + stat, delta, mask=q_ok)
+        lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
+        # d_rpb partials of the tile's query rows: (query row, tile column, d_rpb row, BP).
+        row_t = i0 + t
+        row_ok = row_t < H
+        row_si = _window_start(tl.minimum(row_t, H - 1), H, KS)
+        part = ((pid_bh.to(tl.int64) * H + row_t) * tiles_w + tile_col) * (2 * KS - 1)
+        dq = tl.zeros([TH * _TW, DP], tl.float32)
+        for kr in range(r_lo, r_hi, ROWS):
+            dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE,
+                             qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
+                             KS, CW, TH, BP, RPB_GRAD, EVEN_D, PRECISION)
+            if ROWS == 2:  # the next row past r_hi is outside every window: ds = 0, nothing stored
+                dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base, kc,
+                                 TABLE, qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c,
+                                 DRPB, KS, CW, TH, BP, RPB_GRAD, EVEN_D, PRECISION)
+        tl.store(DQ + b * sgb + n * sgn + qi[:, None] * sgh + qj[:, None] * sgw + d[None, :],
                  (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
 # --------------------------------------------------------------------------------------------------
-# Backward, kernel 2: dk and dv (per key strip)
+# Backward, kernel 2: dk and dv (per key tile)
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _dkdv_query_chunk(dk, dv, k, v, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw,
+                      kr, kc, k_ok, table_head, TABLE, qk_scale, d, d_ok,
+                      KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr,
+                      EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
+    """Step ``it`` of the dk/dv walk (query row ``lo_r + it // n_cc``, chunk ``it % n_cc`` of the query
+    columns; steps past ``n_it`` are all ``-inf``): returns ``(dk + ds @ q, dv + p @ dO)``."""
+    it_ok = it < n_it
+    it = tl.minimum(it, n_it - 1)
+    qi = lo_r + it // n_cc
+    qc = lo_c + (it % n_cc) * QWP + w
+    qc_ok = (qc <= hi_c) & it_ok
+    qc_in = tl.minimum(qc, hi_c)                                    # past the band: loaded, masked out
+    q = _load_rows(Q + qi * sqh, qc_in[:, None] * sqw + d[None, :], d_ok, EVEN_D)
+    do = _load_rows(DO + qi * sdh, qc_in[:, None] * sdw + d[None, :], d_ok, EVEN_D)
+    lse = tl.load(LSE + qi * W + qc_in)
+    delta = tl.load(DELTA + qi * W + qc_in)
+    # The table: rows from the keys (relative to query row qi), slabs and columns from the queries.
+    si = _window_start(qi, H, KS)
+    row = tl.where((kr >= si) & (kr < si + KS) & k_ok, kr - qi + (KS - 1), 2 * KS - 1)
+    slab = tl.where(qc_ok, _window_start(qc, W, KS) - qc + (KS - 1), KS)
+    col = tl.where(qc_ok, CO + (KS - 1) - qc, CO - lo_c)             # the -inf slab: kc - lo_c < CW - CO
+    bias = tl.load(TABLE + (table_head + row * CW + kc)[:, None] + (slab * (2 * KS * CW) + col)[None, :])
+    s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + bias                 # [keys, queries]
+    p = tl.exp2(s - lse[None, :])
+    dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    ds = p * (dp - delta[None, :])
+    return (tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION),
+            tl.dot(p.to(do.dtype), do, dv, input_precision=PRECISION))
+
+
+@triton.jit
 def _na2d_bwd_dkdv_kernel(
-    Q, K, V, RPB, DO, LSE, DELTA, DK, DV,
+    Q, K, V, TABLE, DO, LSE, DELTA, DK, DV,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sdb, sdn, sdh, sdw,
-    heads, H, W, D, qk_scale, scale,
-    KS: tl.constexpr, HAS_RPB: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr,
-    QWP: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    heads, H, W, D, qk_scale, scale, table_heads,
+    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr, QWP: tl.constexpr,
+    CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    NB: tl.constexpr = 2 * KS - 1
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    r_first, j0 = _strip_origin(TR, TW, W)
-
-    kc = j0 + tl.arange(0, TW)
-    kc_ok = kc < W
-    kc_in = tl.minimum(kc, W - 1)
+    r_first, j0 = _tile_origin(TR * TH, W)
     d = tl.arange(0, DP)
     d_ok = d < D
-    k_mask = kc_ok[:, None] & d_ok[None, :]
-    q_row = Q + b * sqb + n * sqn
-    do_row = DO + b * sdb + n * sdn
-    # Query columns whose windows contain a key column of the strip: lo_c ..= hi_c.
+    q_base = Q + b * sqb + n * sqn
+    do_base = DO + b * sdb + n * sdn
+    stats = pid_bh.to(tl.int64) * H * W
+    # Query columns whose windows hold a key column of the tile: lo_c ..= hi_c, in QWP-wide chunks.
     lo_c = _query_lo(j0, KS)
-    hi_c = _query_hi(tl.minimum(j0 + TW, W) - 1, W, KS)
+    hi_c = _query_hi(tl.minimum(j0 + _TW, W) - 1, W, KS)
     n_cc = tl.cdiv(hi_c - lo_c + 1, QWP)
     w = tl.arange(0, QWP)
-    rpb_base = RPB + n * NB * NB
-    stat_base = pid_bh.to(tl.int64) * H * W
+    table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
-    for kr in range(r_first, tl.minimum(r_first + TR, H)):
-        k = _load_rows(K + b * skb + n * skn + kr * skh, kc_in[:, None] * skw + d[None, :], d_ok, EVEN_D)
-        v = _load_rows(V + b * svb + n * svn + kr * svh, kc_in[:, None] * svw + d[None, :], d_ok, EVEN_D)
-        lo_r = _query_lo(kr, KS)                                    # query rows whose windows hold kr
-        hi_r = _query_hi(kr, H, KS)
-        dk = tl.zeros([TW, DP], tl.float32)
-        dv = tl.zeros([TW, DP], tl.float32)
-        for it in range(0, (hi_r - lo_r + 1) * n_cc):
-            qi = lo_r + it // n_cc
-            qc = lo_c + (it % n_cc) * QWP + w
-            qc_ok = qc <= hi_c
-            qc_in = tl.minimum(qc, hi_c)                            # past the band: loaded, masked out
-            q = _load_rows(q_row + qi * sqh, qc_in[:, None] * sqw + d[None, :], d_ok, EVEN_D)
-            do = _load_rows(do_row + qi * sdh, qc_in[:, None] * sdw + d[None, :], d_ok, EVEN_D)
-            lse = tl.load(LSE + stat_base + qi * W + qc_in)
-            delta = tl.load(DELTA + stat_base + qi * W + qc_in)
-            sj = _window_start(qc, W, KS)
-            inside = (kc[:, None] >= sj[None, :]) & (kc[:, None] < sj[None, :] + KS) & qc_ok[None, :]
-            s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale              # [keys, queries]
-            if HAS_RPB:
-                bias = tl.load(rpb_base + (kr - qi + (KS - 1)) * NB + (kc[:, None] - qc[None, :] + (KS - 1)),
-                               mask=inside, other=0.0)
-                s += bias.to(tl.float32) * _LOG2E
-            p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
-            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
-            dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-            ds = p * (dp - delta[None, :])
-            dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
-        out = ((pid_bh.to(tl.int64) * H + kr) * W + kc[:, None]) * D + d[None, :]     # dk, dv: contiguous
+    for r0 in range(r_first, tl.minimum(r_first + TR * TH, H), TH):
+        kr, kc, k_ok = _tile_pixels(r0, j0, H, W, TH)
+        kc = tl.minimum(kc, W - 1)
+        k_mask = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * skb + n * skn + kr[:, None] * skh + kc[:, None] * skw + d[None, :], mask=k_mask, other=0.0)
+        v = tl.load(V + b * svb + n * svn + kr[:, None] * svh + kc[:, None] * svw + d[None, :], mask=k_mask, other=0.0)
+        lo_r = _query_lo(r0, KS)                                    # query rows whose windows hold a key row
+        n_it = (_query_hi(tl.minimum(r0 + TH, H) - 1, H, KS) - lo_r + 1) * n_cc
+        dk = tl.zeros([TH * _TW, DP], tl.float32)
+        dv = tl.zeros([TH * _TW, DP], tl.float32)
+        for it in range(0, n_it, ROWS):
+            dk, dv = _dkdv_query_chunk(dk, dv, k, v, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
+                                       lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head,
+                                       TABLE, qk_scale, d, d_ok, KS, CO, CW, QWP, EVEN_D, PRECISION)
+            if ROWS == 2:
+                dk, dv = _dkdv_query_chunk(dk, dv, k, v, q_base, do_base, LSE + stats, DELTA + stats, it + 1, n_it,
+                                           n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok,
+                                           table_head, TABLE, qk_scale, d, d_ok, KS, CO, CW, QWP, EVEN_D, PRECISION)
+        out = ((pid_bh.to(tl.int64) * H + kr[:, None]) * W + kc[:, None]) * D + d[None, :]   # dk, dv: contiguous
         tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=k_mask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=k_mask)
 
@@ -303,28 +384,47 @@ def _na2d_bwd_dkdv_kernel(
 # --------------------------------------------------------------------------------------------------
 
 class Tile(NamedTuple):
-    """A program's work: ``th`` rows of a ``tw``-pixel-wide strip, ``num_warps``, ``num_stages``."""
+    """A program's work: ``tr`` tiles of ``th`` rows × 16 pixels, ``rows`` partner rows per step, on
+    ``num_warps`` warps with ``num_stages`` pipeline stages."""
 
     th: int
-    tw: int = 16
-    num_warps: int = 1
-    num_stages: int = 2
+    tr: int = 1
+    rows: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
 
 
 def _pow2(x: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(x))
 
 
+class Geometry(NamedTuple):
+    """Per kernel size: key-row run ``rwp`` (``pow2(TW + K - 1)``, also the dk/dv query-row run) and
+    the bias table's column offset ``co`` and width ``cw`` (bias columns ``-(TW-1) .. rwp + K - 2``)."""
+
+    rwp: int
+    co: int
+    cw: int
+
+
+def geometry(kernel_size: int) -> Geometry:
+    rwp = _pow2(TW + kernel_size - 1)
+    return Geometry(rwp, TW, TW + rwp + kernel_size)
+
+
 def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -> list[Tile]:
     """Tiles tried by the autotuner for one kernel ("fwd", "dq" or "dkdv"), default first.
 
-    The strip is 16 pixels wide (the smallest ``tl.dot`` operand); its key row is
-    ``pow2(16 + K - 1)`` = 32 keys for K <= 17.  Wider heads get more warps."""
+    A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
+    share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
+    pipeline stage and one partner row per step win almost everywhere; fp32 with a padded head_dim
+    of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8."""
     dp = _pow2(head_dim)
-    warps = 1 if dp <= 32 else 2 if dp <= 64 else 4
+    warps = 8 if dp >= 128 else 4
+    tiles = [Tile(4, 2, 1, warps), Tile(4, 4, 1, warps), Tile(2, 4, 1, warps // 2), Tile(4, 2, 2, warps)]
     if dtype == torch.float32 and dp >= 64:
-        warps *= 2
-    return [Tile(8, 16, warps), Tile(8, 16, warps, 1), Tile(16, 16, warps), Tile(8, 16, 2 * warps)]
+        tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
+    return tiles
 
 
 _TUNED: dict = {}
@@ -387,90 +487,103 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 _COMPILED: dict = {}  # kind -> the last compiled kernel launched (registers, spills: benchmarks/na_gpu.py)
 
 
-def _forward(q, k, v, rpb, kernel_size: int, scale: float):
+@functools.lru_cache(maxsize=32)
+def _table_index(kernel_size: int, device: torch.device) -> torch.Tensor:
+    """``(K + 1, 2K, CW)`` indices into ``[rpb[head].flatten(), -inf]`` (see the module docstring)."""
+    nb = 2 * kernel_size - 1
+    geo = geometry(kernel_size)
+    slab = torch.arange(kernel_size + 1, device=device)[:, None, None]
+    row = torch.arange(nb + 1, device=device)[None, :, None]
+    col = torch.arange(geo.cw, device=device)[None, None, :] - geo.co
+    inside = (slab < kernel_size) & (row < nb) & (col >= slab) & (col < slab + kernel_size)
+    return torch.where(inside, row * nb + col, nb * nb)
+
+
+def bias_table(rpb: Optional[torch.Tensor], kernel_size: int, device: torch.device) -> torch.Tensor:
+    """``(heads, K + 1, 2K, CW)`` fp32: ``rpb / ln 2`` inside windows, ``-inf`` outside (zeros and
+    ``-inf`` with one head when ``rpb`` is None)."""
+    if rpb is None:
+        return _mask_table(kernel_size, device)
+    flat = torch.nn.functional.pad(rpb.detach().flatten(1).float() * LOG2E, (0, 1), value=float("-inf"))
+    return flat[:, _table_index(kernel_size, device)]
+
+
+@functools.lru_cache(maxsize=32)
+def _mask_table(kernel_size: int, device: torch.device) -> torch.Tensor:
+    """The bias table without rpb: the window mask alone."""
+    return bias_table(torch.zeros(1, 2 * kernel_size - 1, 2 * kernel_size - 1, device=device), kernel_size, device)
+
+
+def _grid(tile: Tile, q: torch.Tensor) -> tuple[int, int]:
+    batch, heads, height, width, _ = q.shape
+    return triton.cdiv(height, tile.tr * tile.th) * triton.cdiv(width, TW), batch * heads
+
+
+def _launch_args(tile: Tile, kernel_size: int, q: torch.Tensor) -> dict:
+    """Compile-time arguments shared by the three kernels."""
+    head_dim = q.shape[-1]
+    geo = geometry(kernel_size)
+    return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, ROWS=tile.rows, CO=geo.co, CW=geo.cw, DP=_pow2(head_dim),
+                EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype),
+                num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def _forward(q, k, v, table, kernel_size: int, scale: float):
     batch, heads, height, width, head_dim = q.shape
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, height, width), dtype=torch.float32, device=q.device)
-    rpb_arg = rpb if rpb is not None else q
-    precision = _precision(q.dtype)
 
     def launch(tile: Tile):
-        rwp = _pow2(tile.tw + kernel_size - 1)
-        grid = (triton.cdiv(height, tile.th) * triton.cdiv(width, tile.tw), batch * heads)
-        _COMPILED["fwd"] = _na2d_fwd_kernel[grid](
-            q, k, v, rpb_arg, o, lse, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o),
-            heads, height, width, head_dim, scale * LOG2E,
-            KS=kernel_size, HAS_RPB=rpb is not None, TR=tile.th, TW=tile.tw, RWP=rwp, DP=_pow2(head_dim),
-            EVEN_D=head_dim == _pow2(head_dim), PRECISION=precision, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        _COMPILED["fwd"] = _na2d_fwd_kernel[_grid(tile, q)](
+            q, k, v, table, o, lse, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o),
+            heads, height, width, head_dim, scale * LOG2E, table.shape[0],
+            RWP=geometry(kernel_size).rwp, **_launch_args(tile, kernel_size, q))
 
     launch(_pick("fwd", kernel_size, head_dim, q.dtype, launch))
     return o, lse
 
 
-def _backward_dq(q, k, v, rpb, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
-    """dq, Δ = rowsum(dO ∘ O) and d_rpb (None unless ``rpb_grad``)."""
+def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
+    """dq, Δ = rowsum(dO ∘ O) and d_rpb in fp32 (None unless ``rpb_grad``)."""
     batch, heads, height, width, head_dim = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     delta = torch.empty_like(lse)
     bp = _pow2(2 * kernel_size - 1, 1)
-    partial = {}
+    nb = 2 * kernel_size - 1
+    buf = (torch.zeros((batch, heads, height, triton.cdiv(width, TW), nb, bp), dtype=torch.float32, device=q.device)
+           if rpb_grad else lse)
 
     def launch(tile: Tile):
-        strips_w = triton.cdiv(width, tile.tw)
-        buf = (torch.empty((batch, heads, height, strips_w, kernel_size, bp), dtype=torch.float32, device=q.device)
-               if rpb_grad else q)
-        partial["buf"] = buf
-        _COMPILED["dq"] = _na2d_bwd_dq_kernel[(triton.cdiv(height, tile.th) * strips_w, batch * heads)](
-            q, k, v, rpb if rpb is not None else q, o, do, lse, delta, dq, buf,
+        _COMPILED["dq"] = _na2d_bwd_dq_kernel[_grid(tile, q)](
+            q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
-            heads, height, width, head_dim, scale * LOG2E, scale,
-            KS=kernel_size, HAS_RPB=rpb is not None, RPB_GRAD=rpb_grad, TR=tile.th, TW=tile.tw,
-            RWP=_pow2(tile.tw + kernel_size - 1), DP=_pow2(head_dim), BP=bp,
-            EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages)
+            heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
+            RWP=geometry(kernel_size).rwp, BP=bp, **_launch_args(tile, kernel_size, q))
 
     launch(_pick("dq", kernel_size, head_dim, q.dtype, launch))
-    drpb = _reduce_drpb(partial["buf"], height, kernel_size).to(rpb.dtype) if rpb_grad else None
-    return dq, delta, drpb
+    return dq, delta, buf.sum(dim=(0, 2, 3))[:, :, :nb] if rpb_grad else None
 
 
-def _reduce_drpb(partial: torch.Tensor, height: int, kernel_size: int) -> torch.Tensor:
-    """(B, heads, H, strips, K, BP) partials, row ``a`` of query row ``i`` being d_rpb row
-    ``a + s_i - i + K - 1`` → ``(heads, 2K-1, 2K-1)``."""
-    nb = 2 * kernel_size - 1
-    per_row = partial.sum(dim=(0, 3))                                         # (heads, H, K, BP)
-    rows = torch.arange(height, device=partial.device)
-    offset = (rows - kernel_size // 2).clamp(0, height - kernel_size) - rows + kernel_size - 1
-    heads, _, _, bp = per_row.shape
-    by_offset = per_row.new_zeros(heads, kernel_size, kernel_size, bp).index_add_(1, offset, per_row)
-    window = torch.arange(kernel_size, device=partial.device)
-    target = (window[:, None] + window[None, :]).flatten()                    # offset + a
-    drpb = per_row.new_zeros(heads, nb, bp).index_add_(1, target, by_offset.flatten(1, 2))
-    return drpb[:, :, :nb]
-
-
-def _backward_dkdv(q, k, v, rpb, lse, delta, do, kernel_size: int, scale: float):
+def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: float):
     batch, heads, height, width, head_dim = q.shape
     dk = torch.empty(q.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(q.shape, dtype=v.dtype, device=q.device)
 
     def launch(tile: Tile):
-        grid = (triton.cdiv(height, tile.th) * triton.cdiv(width, tile.tw), batch * heads)
-        _COMPILED["dkdv"] = _na2d_bwd_dkdv_kernel[grid](
-            q, k, v, rpb if rpb is not None else q, do, lse, delta, dk, dv,
+        _COMPILED["dkdv"] = _na2d_bwd_dkdv_kernel[_grid(tile, q)](
+            q, k, v, table, do, lse, delta, dk, dv,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
-            heads, height, width, head_dim, scale * LOG2E, scale,
-            KS=kernel_size, HAS_RPB=rpb is not None, TR=tile.th, TW=tile.tw,
-            QWP=_pow2(tile.tw + kernel_size - 1), DP=_pow2(head_dim),
-            EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages)
+            heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
+            QWP=geometry(kernel_size).rwp, **_launch_args(tile, kernel_size, q))
 
     launch(_pick("dkdv", kernel_size, head_dim, q.dtype, launch))
     return dk, dv
 
 
-def _backward(q, k, v, rpb, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
+def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
     do = _last_dim_contiguous(do)
-    dq, delta, drpb = _backward_dq(q, k, v, rpb, o, lse, do, kernel_size, scale, rpb_grad)
-    dk, dv = _backward_dkdv(q, k, v, rpb, lse, delta, do, kernel_size, scale)
+    dq, delta, drpb = _backward_dq(q, k, v, table, o, lse, do, kernel_size, scale, rpb_grad)
+    dk, dv = _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size, scale)
     return dq, dk, dv, drpb
 
 
@@ -478,19 +591,19 @@ class NeighborhoodAttention2DTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        if rpb is not None:
-            rpb = rpb.contiguous()
-        o, lse = _forward(q, k, v, rpb, kernel_size, scale)
-        ctx.save_for_backward(q, k, v, rpb, o, lse)
+        table = bias_table(rpb, kernel_size, q.device)
+        o, lse = _forward(q, k, v, table, kernel_size, scale)
+        ctx.save_for_backward(q, k, v, table, o, lse)
         ctx.kernel_size, ctx.scale = kernel_size, scale
+        ctx.rpb_dtype = rpb.dtype if rpb is not None else None
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, rpb, o, lse = ctx.saved_tensors
-        rpb_grad = rpb is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, drpb = _backward(q, k, v, rpb, o, lse, do, ctx.kernel_size, ctx.scale, rpb_grad)
-        return dq, dk, dv, None, drpb, None
+        q, k, v, table, o, lse = ctx.saved_tensors
+        rpb_grad = ctx.rpb_dtype is not None and ctx.needs_input_grad[4]
+        dq, dk, dv, drpb = _backward(q, k, v, table, o, lse, do, ctx.kernel_size, ctx.scale, rpb_grad)
+        return dq, dk, dv, None, drpb.to(ctx.rpb_dtype) if rpb_grad else None, None
 
 
 def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
