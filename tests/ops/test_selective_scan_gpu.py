@@ -220,6 +220,21 @@ def test_softplus_threshold_and_large_steps(backend, dtype):
     run_and_check(backend, inputs, dtype)
 
 
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=DTYPE_IDS.get)
+def test_cuda_register_budgets(mode, dtype):
+    """Both register budgets of the CUDA d_state-1 kernels (set_occupancy: 1 low, 2 high occupancy)
+    compute the same function; 20 channels per group leave an idle warp in the last block."""
+    inputs = make_inputs(2, 3, 20, 1, 777, dtype, seed=7)
+    _backend_or_skip("cuda", inputs)
+    ext = importlib.import_module("segman_selective_scan")
+    ext.set_occupancy(mode, mode)
+    try:
+        run_and_check("cuda", inputs, dtype)
+    finally:
+        ext.set_occupancy(0, 0)
+
+
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_matches_torch_backend(backend):
     """Same inputs through the torch reference backend on the GPU: outputs agree to fp32 rounding."""
