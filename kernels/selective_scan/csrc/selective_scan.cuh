@@ -13,7 +13,7 @@
 // Backward: du, ddelta are written per element; dA, dD, ddelta_bias are reduced per warp and
 // written per (batch, channel) (the host sums over batch); dB, dC are summed over the warps of a
 // block (all warps of a block share one (batch, group)) in shared memory and added to an fp32
-// buffer with atomicAdd.
+// buffer with atomicAdd (float4 atomics on sm_90 when the rows are 16-byte aligned).
 #pragma once
 
 #include <cuda.h>
@@ -267,10 +267,52 @@ scan_fwd_kernel(const ScanParams p) {
 // Backward
 // ------------------------------------------------------------------------------------------------
 
+// dB[k] += sum over warps of red[0][w][k], dC likewise from red[1], for k < len.
+template <int kWarps>
+__device__ __forceinline__ void add_block_sums_scalar(const float (&red)[2][kWarps][kChunk], float* dB, float* dC,
+                                                      int len) {
+  for (int i = threadIdx.x; i < 2 * kChunk; i += kWarps * 32) {
+    const int which = i / kChunk, k = i % kChunk;
+    if (k < len) {
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) s += red[which][w][k];
+      atomicAdd((which ? dC : dB) + k, s);
+    }
+  }
+}
+
+// The same; with kVec (len and the rows are multiples of kItems floats, 16-byte aligned) sm_90 adds
+// four steps per atomic.
+template <int kWarps, bool kVec>
+__device__ __forceinline__ void add_block_sums(const float (&red)[2][kWarps][kChunk], float* dB, float* dC,
+                                               int len) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kVec) {
+    for (int i = threadIdx.x; i < 2 * kChunk / 4; i += kWarps * 32) {
+      const int which = i / (kChunk / 4), k = (i % (kChunk / 4)) * 4;
+      if (k < len) {
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          const float4 r = *reinterpret_cast<const float4*>(&red[which][w][k]);
+          s.x += r.x; s.y += r.y; s.z += r.z; s.w += r.w;
+        }
+        atomicAdd(reinterpret_cast<float4*>((which ? dC : dB) + k), s);
+      }
+    }
+  } else {
+    add_block_sums_scalar<kWarps>(red, dB, dC, len);
+  }
+#else
+  add_block_sums_scalar<kWarps>(red, dB, dC, len);
+#endif
+}
+
 template <typename T, int kN, bool kVec, int kWarps, int kMinBlocks>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 scan_bwd_kernel(const ScanParams p) {
-  __shared__ float red[2][kWarps][kChunk];
+  __shared__ __align__(16) float red[2][kWarps][kChunk];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int cin_raw = blockIdx.x * kWarps + warp;
@@ -433,20 +475,14 @@ scan_bwd_kernel(const ScanParams p) {
       dA_acc[n] += dA_local;
       dh_next[n] = __shfl_sync(kFull, d, 0);
       a_next[n] = __shfl_sync(kFull, a[0], 0);
-      // ---- dB, dC: sum over the block's warps, then one atomicAdd per step
+      // ---- dB, dC: sum over the block's warps, then one atomicAdd per step (per 4 steps on the
+      // vector path: every block of a (batch, group) adds to the same addresses, and fewer, wider
+      // atomics queue less at L2)
       __syncthreads();
       float* dB = p.dB + gl + static_cast<int64_t>(n) * p.length + chunk * kChunk;
       float* dC = p.dC + gl + static_cast<int64_t>(n) * p.length + chunk * kChunk;
       const int chunk_len = min(kChunk, p.length - chunk * kChunk);
-      for (int i = threadIdx.x; i < 2 * kChunk; i += kWarps * 32) {
-        const int which = i / kChunk, k = i % kChunk;
-        if (k < chunk_len) {
-          float s = 0.f;
-#pragma unroll
-          for (int w = 0; w < kWarps; ++w) s += red[which][w][k];
-          atomicAdd((which ? dC : dB) + k, s);
-        }
-      }
+      add_block_sums<kWarps, kVec>(red, dB, dC, chunk_len);
       __syncthreads();
     }
 #pragma unroll
