@@ -1,0 +1,128 @@
+"""GPU training-step time of the SegMAN segmentors with each ops backend (what the kernels buy).
+
+One step = forward of ``segman.models.SegMAN`` (backbone + MMSC decoder) on a batch of 512×512
+crops, cross-entropy on the 1/8-resolution logits, backward (no optimizer: the same for every
+backend).  Each configuration runs under ``segman.ops.force_backend``:
+
+* ``auto``: ``backend=None`` everywhere (the fastest registered backend per op: triton NA,
+  cuda or triton scan, triton cross-scan);
+* ``NA torch``: neighborhood attention on the torch reference, the rest automatic;
+* ``all torch``: every op on its torch reference (what runs without our GPU kernels).
+
+Printed per (variant, precision, backend): median step ms over ``--steps`` timed steps after
+``--warmup`` steps, images/s, and peak allocated GPU memory.  ``bf16`` runs the step under
+``torch.autocast(dtype=torch.bfloat16)``; ``fp32`` is plain fp32 (TF32 off).
+
+``--profile`` instead prints where the GPU time of one ``auto`` step goes (torch.profiler, the
+kernels with the most self CUDA time).
+
+Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions bf16 fp32]
+       [--backends auto "NA torch" "all torch"] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from segman.models import SegMAN
+from segman.ops import force_backend
+
+BACKENDS = {"auto": None, "NA torch": "neighborhood_attention_2d=torch", "all torch": "torch"}
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def train_step(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dtype) -> None:
+    """Forward, cross-entropy on the 1/8 logits, backward."""
+    with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = F.cross_entropy(model(img).float(), target)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def step_ms(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dtype, warmup: int,
+            steps: int) -> float:
+    """Median milliseconds of ``train_step``."""
+    def step():
+        train_step(model, img, target, dtype)
+
+    for _ in range(warmup):  # compiles and autotunes the Triton kernels
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["s"], choices=["t", "s", "b", "l"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="kernel breakdown of one auto step instead")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("model_gpu.py needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    img = torch.randn(args.batch, 3, args.size, args.size, device="cuda")
+    target = torch.randint(0, 150, (args.batch, args.size // 8, args.size // 8), device="cuda")
+    if args.profile:
+        profile(args, img, target)
+        return
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, "
+          f"batch {args.batch} × {args.size}², forward + loss + backward, median of {args.steps} steps")
+    print("| model | precision | backends | step ms | images/s | peak GiB |")
+    print("|---|---|---|---:|---:|---:|")
+    for variant in args.variants:
+        model = SegMAN(variant, num_classes=150).cuda().train()
+        for pname in args.precisions:
+            for bname in args.backends:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                try:
+                    with force_backend(BACKENDS[bname]):
+                        ms = step_ms(model, img, target, PRECISIONS[pname], args.warmup, args.steps)
+                except torch.OutOfMemoryError:
+                    print(f"| SegMAN-{variant.upper()} | {pname} | {bname} | out of memory | | |", flush=True)
+                    continue
+                peak = torch.cuda.max_memory_allocated() / 2 ** 30
+                print(f"| SegMAN-{variant.upper()} | {pname} | {bname} | {ms:.1f} | {args.batch / ms * 1e3:.1f} "
+                      f"| {peak:.2f} |", flush=True)
+        del model
+
+
+def profile(args, img: torch.Tensor, target: torch.Tensor) -> None:
+    """Top kernels by self CUDA time of one automatic-backend step per variant and precision."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for variant in args.variants:
+        model = SegMAN(variant, num_classes=150).cuda().train()
+        for pname in args.precisions:
+            for _ in range(args.warmup):
+                train_step(model, img, target, PRECISIONS[pname])
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                train_step(model, img, target, PRECISIONS[pname])
+                torch.cuda.synchronize()
+            print(f"# SegMAN-{variant.upper()} {pname}, batch {args.batch} × {args.size}², one step")
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
