@@ -73,7 +73,8 @@ SCRIPT = textwrap.dedent("""
         ref_grads = torch.autograd.grad(ref, leaves, dout)
         for name, a, b in zip(["out", "dq", "dk", "dv", "drpb"], (out,) + grads, (ref,) + ref_grads):
             err = float((a - b).norm() / b.norm())
-            assert err < 1e-5, f"{name}: relative error {err:.1e} for case {(batch, heads, height, width, head_dim, ks)}"
+            case = (batch, heads, height, width, head_dim, ks)
+            assert err < 1e-5, f"{name}: relative error {err:.1e} for case {case}"
     print("ok", len(cases))
 """)
 
