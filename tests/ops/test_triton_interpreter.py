@@ -1,0 +1,162 @@
+"""The Triton backends without a GPU: every Triton kernel (neighborhood attention, selective scan,
+fused SS2D scan, cross-scan / cross-merge) runs through Triton's interpreter (``TRITON_INTERPRET=1``,
+numpy on the CPU) against the torch reference, values and gradients; plus the NA bias table.
+
+The interpreter executes the same kernel source as the GPU (tiles, window and scan-order
+arithmetic, masks, partial sums), so CI catches indexing errors that only the GPU tests would
+otherwise see; it does not check compilation, precision of the GPU's tensor cores, or speed.  It
+must be switched on before the kernels are decorated, hence one subprocess per script.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from segman.ops.triton_backend import neighborhood_attention as tb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+LN2 = 0.6931471805599453
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7, 11])
+def test_bias_table_holds_rpb_inside_windows_and_minus_inf_outside(kernel_size):
+    heads, nb = 2, 2 * kernel_size - 1
+    rpb = torch.randn(heads, nb, nb)
+    table = tb.bias_table(rpb, kernel_size, rpb.device)
+    geo = tb.geometry(kernel_size)
+    assert table.shape == (heads, kernel_size + 1, 2 * kernel_size, geo.cw)
+    for slab in range(kernel_size + 1):
+        for row in range(2 * kernel_size):
+            for col in range(geo.cw):
+                c = col - geo.co
+                inside = slab < kernel_size and row < nb and slab <= c < slab + kernel_size
+                got = table[:, slab, row, col]
+                if inside:
+                    torch.testing.assert_close(got, rpb[:, row, c] / LN2)
+                else:
+                    assert torch.isneginf(got).all(), (slab, row, col)
+    mask_only = tb.bias_table(None, kernel_size, rpb.device)
+    assert mask_only.shape[0] == 1
+    assert torch.equal(torch.isneginf(mask_only[0]), torch.isneginf(table[0]))
+    assert (mask_only[torch.isfinite(mask_only)] == 0).all()
+
+
+NA_SCRIPT = """
+import torch
+from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference
+from segman.ops.triton_backend import neighborhood_attention as tb
+
+torch.manual_seed(0)
+cases = [  # batch, heads, height, width, head_dim, kernel size, rpb, tile
+    (2, 2, 13, 19, 20, 5, True, tb.Tile(4, 2, 1, 4)),
+    (1, 1, 9, 23, 16, 7, False, tb.Tile(2, 4, 2, 2)),
+    (1, 2, 18, 17, 8, 3, True, tb.Tile(4, 2, 2, 4)),
+    (1, 1, 11, 11, 32, 11, True, tb.Tile(8, 1, 1, 8)),
+]
+for batch, heads, height, width, head_dim, ks, with_rpb, tile in cases:
+    tb.force_tiles(tile, tile, tile)
+    q, k, v = (torch.randn(batch, heads, height, width, head_dim, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, requires_grad=True) if with_rpb else None
+    leaves = [q, k, v] + ([rpb] if with_rpb else [])
+    scale = head_dim ** -0.5
+    out = tb.neighborhood_attention_2d(q, k, v, ks, 1, rpb, scale)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref = reference(q, k, v, ks, 1, rpb, scale)
+    ref_grads = torch.autograd.grad(ref, leaves, dout)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "drpb"], (out,) + grads, (ref,) + ref_grads):
+        err = float((a - b).norm() / b.norm())
+        case = (batch, heads, height, width, head_dim, ks)
+        assert err < 1e-5, f"{name}: relative error {err:.1e} for case {case}"
+print("ok", len(cases))
+"""
+
+
+SCAN_SCRIPT = """
+import torch
+from segman.ops import selective_scan
+from segman.ops.triton_backend import selective_scan as triton_scan
+
+torch.manual_seed(0)
+cases = [  # batch, groups, channels per group, length, D and delta_bias, softplus
+    (2, 4, 3, 37, True, True),
+    (1, 2, 5, 2500, False, False),  # three 1024-step chunks, the last one partial
+    (2, 4, 2, 1, True, True),
+]
+for batch, groups, dg, length, optional, softplus in cases:
+    channels = groups * dg
+    u = torch.randn(batch, channels, length, requires_grad=True)
+    raw = torch.randn(batch, channels, length) * 0.5
+    delta = (raw - 0.5 if softplus else raw.abs() + 0.05).requires_grad_()  # steps > 0 without softplus
+    A = (-(torch.rand(channels, 1) + 0.1)).requires_grad_()
+    B, C = (torch.randn(batch, groups, 1, length, requires_grad=True) for _ in range(2))
+    D = torch.randn(channels, requires_grad=True) if optional else None
+    bias = torch.randn(channels, requires_grad=True) if optional else None
+    leaves = [t for t in (u, delta, A, B, C, D, bias) if t is not None]
+    out = triton_scan.selective_scan(u, delta, A, B, C, D, bias, softplus)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref = selective_scan(u, delta, A, B, C, D, bias, softplus, backend="torch")
+    ref_grads = torch.autograd.grad(ref, leaves, dout)
+    for i, (a, b) in enumerate(zip((out,) + grads, (ref,) + ref_grads)):
+        err = float((a - b).norm() / b.norm()) if b.norm() > 0 else float(a.abs().max())
+        assert err < 1e-5, f"tensor {i}: relative error {err:.1e} for case {(batch, groups, dg, length)}"
+print("ok", len(cases))
+"""
+
+SS2D_SCRIPT = """
+import torch
+from segman.ops import cross_merge, cross_scan, ss2d_scan
+from segman.ops.triton_backend import cross_scan as triton_cross
+from segman.ops.triton_backend import selective_scan as triton_scan
+
+torch.manual_seed(0)
+x = torch.randn(2, 5, 7, 9, requires_grad=True)
+out = triton_cross.cross_scan(x)
+dout = torch.randn_like(out)
+ref = cross_scan(x, backend="torch")
+assert torch.equal(out, ref), "cross_scan"
+assert torch.equal(torch.autograd.grad(out, x, dout)[0], torch.autograd.grad(ref, x, dout)[0]), "cross_scan grad"
+y = torch.randn(2, 4, 5, 7, 9, requires_grad=True)
+out = triton_cross.cross_merge(y)
+dout = torch.randn_like(out)
+ref = cross_merge(y, backend="torch")
+torch.testing.assert_close(out, ref)
+torch.testing.assert_close(torch.autograd.grad(out, y, dout)[0], torch.autograd.grad(ref, y, dout)[0])
+
+batch, channels, height, width = 2, 3, 5, 6
+length = height * width
+x = torch.randn(batch, channels, height, width, requires_grad=True)
+delta = (torch.randn(batch, 4 * channels, length) * 0.5 - 0.5).requires_grad_()
+A = (-(torch.rand(4 * channels, 1) + 0.1)).requires_grad_()
+B, C = (torch.randn(batch, 4, 1, length, requires_grad=True) for _ in range(2))
+D, bias = (torch.randn(4 * channels, requires_grad=True) for _ in range(2))
+leaves = [x, delta, A, B, C, D, bias]
+out = triton_scan.ss2d_scan(x, delta, A, B, C, D, bias, True)
+dout = torch.randn_like(out)
+grads = torch.autograd.grad(out, leaves, dout)
+ref = ss2d_scan(x, delta, A, B, C, D, bias, True, backend="torch")
+ref_grads = torch.autograd.grad(ref, leaves, dout)
+for i, (a, b) in enumerate(zip((out,) + grads, (ref,) + ref_grads)):
+    err = float((a - b).norm() / b.norm())
+    assert err < 1e-5, f"ss2d tensor {i}: relative error {err:.1e}"
+print("ok", 3)
+"""
+
+
+@pytest.mark.parametrize("script,cases", [(NA_SCRIPT, 4), (SCAN_SCRIPT, 3), (SS2D_SCRIPT, 3)],
+                         ids=["neighborhood_attention", "selective_scan", "cross_scan_merge_ss2d"])
+def test_triton_kernels_in_the_interpreter_match_the_reference(script, cases):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SEGMAN_NA_TRITON_AUTOTUNE": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.strip().endswith(f"ok {cases}")
