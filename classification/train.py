@@ -56,9 +56,12 @@ from tqdm import tqdm
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
 from segman.models import CheckpointError, load_checkpoint_file
 
+import timm_compat
 from imagefolder import check_image_folder, create_eval_loader
 from recipes import COMMON, resolve_recipe, scaled_lr
 from validate import evaluate
+
+timm_compat.apply()  # before any loader is built: its RandAugment ops take the patched functions
 
 __all__ = ["parse_args", "resume_checkpoint", "main"]
 
