@@ -48,6 +48,16 @@ def test_bias_table_holds_rpb_inside_windows_and_minus_inf_outside(kernel_size):
     assert (mask_only[torch.isfinite(mask_only)] == 0).all()
 
 
+def test_cached_mask_table_is_usable_by_autograd_after_inference_mode():
+    """The rpb-free table is cached: one built inside ``torch.inference_mode`` must still be a normal
+    tensor, or ``save_for_backward`` of a later training call would raise."""
+    tb._mask_table.cache_clear()
+    with torch.inference_mode():
+        table = tb.bias_table(None, 5, torch.device("cpu"))
+    assert not table.is_inference()
+    assert tb.bias_table(None, 5, torch.device("cpu")) is table
+
+
 NA_SCRIPT = """
 import torch
 from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference

@@ -510,8 +510,11 @@ def bias_table(rpb: Optional[torch.Tensor], kernel_size: int, device: torch.devi
 
 @functools.lru_cache(maxsize=32)
 def _mask_table(kernel_size: int, device: torch.device) -> torch.Tensor:
-    """The bias table without rpb: the window mask alone."""
-    return bias_table(torch.zeros(1, 2 * kernel_size - 1, 2 * kernel_size - 1, device=device), kernel_size, device)
+    """The bias table without rpb: the window mask alone.  Cached, so built as a normal tensor even
+    under ``torch.inference_mode`` (autograd saves it for the backward of later calls)."""
+    with torch.inference_mode(False):
+        return bias_table(torch.zeros(1, 2 * kernel_size - 1, 2 * kernel_size - 1, device=device), kernel_size,
+                          device)
 
 
 def _grid(tile: Tile, q: torch.Tensor) -> tuple[int, int]:
