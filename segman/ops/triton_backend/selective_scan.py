@@ -359,16 +359,20 @@ def _backward(u, delta, A, B, C, D, delta_bias, states, dy, softplus: bool, fwd_
 
 
 class TritonSelectiveScanFn(torch.autograd.Function):
+    """The scan of ``u`` ``(Bt, G*Dg, L)``.  With ``hw = (H, W)`` the fused SS2D step instead: ``u`` is
+    the ``(Bt, Dg, H, W)`` map, cross-scan runs in the scan's loads and cross-merge in its stores (and
+    the mirror image in backward), and the merged ``(Bt, Dg, H*W)`` comes out.  fp32 out either way."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
-        u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, hw: Optional[tuple[int, int]]):
+        u = u.contiguous() if hw is not None else _last_dim_contiguous(u)
+        delta, B, C = (_last_dim_contiguous(t) for t in (delta, B, C))
         A = A.contiguous()
         D = D.contiguous() if D is not None else None
         delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-        y, states, block_t = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        y, states, block_t = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, hw)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
-        ctx.delta_softplus = delta_softplus
-        ctx.block_t = block_t
+        ctx.delta_softplus, ctx.block_t, ctx.hw = delta_softplus, block_t, hw
         return y
 
     @staticmethod
@@ -376,46 +380,16 @@ class TritonSelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
         dy = _last_dim_contiguous(dy)
         du, ddelta, dA, dB, dC, dD, dbias = _backward(u, delta, A, B, C, D, delta_bias, states, dy,
-                                                      ctx.delta_softplus, ctx.block_t)
-        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.to(D.dtype) if dD is not None else None,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None)
-
-
-class TritonSS2DFn(torch.autograd.Function):
-    """Cross-scan fused into the scan's loads and cross-merge into its stores (and the mirror image
-    in backward): ``(Bt, Dg, H, W)`` map in, merged ``(Bt, Dg, H*W)`` fp32 out."""
-
-    @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus: bool):
-        hw = (x.shape[2], x.shape[3])
-        x = x.contiguous()
-        delta, B, C = (_last_dim_contiguous(t) for t in (delta, B, C))
-        A = A.contiguous()
-        D = D.contiguous() if D is not None else None
-        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-        y, states, block_t = _forward(x, delta, A, B, C, D, delta_bias, delta_softplus, hw)
-        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, states)
-        ctx.delta_softplus = delta_softplus
-        ctx.block_t = block_t
-        ctx.hw = hw
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
-        dy = _last_dim_contiguous(dy)
-        dx, ddelta, dA, dB, dC, dD, dbias = _backward(x, delta, A, B, C, D, delta_bias, states, dy,
                                                       ctx.delta_softplus, ctx.block_t, ctx.hw)
-        return (dx.view(x.shape).to(x.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+        return (du.view(u.shape).to(u.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if dD is not None else None,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None)
+                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None)
 
 
 def ss2d_scan(x, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
               delta_softplus: bool) -> torch.Tensor:
     """Validated inputs in (see ``segman.ops.ss2d_scan``), ``(Bt, Dg, H*W)`` float32 out."""
-    return TritonSS2DFn.apply(x, delta, A, B, C, D, delta_bias, delta_softplus)
+    return TritonSelectiveScanFn.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, (x.shape[2], x.shape[3]))
 
 
 def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> Optional[str]:
@@ -430,4 +404,4 @@ def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> 
 def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                    delta_softplus: bool) -> torch.Tensor:
     """Validated inputs in (see ``segman.ops.selective_scan``), ``(Bt, G*Dg, L)`` float32 out."""
-    return TritonSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return TritonSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, None)
