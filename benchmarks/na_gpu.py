@@ -183,6 +183,31 @@ def table(args) -> None:
         print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} {tuple(tile)}")
 
 
+KINDS = ("fwd", "dq", "dkdv")
+
+
+def kernel_calls(stage: int, dname: str) -> tuple[dict, Callable[..., dict]]:
+    """Detached inputs at one stage with the default tile of each kernel forced, the forward's
+    ``o``/``lse``, ``dO`` and Δ prepared.  Returns the default tiles and ``calls(table=None,
+    rpb_grad=True)``: one callable per kernel kind (``table=None``: the stage's rpb; ``"none"``: no rpb)."""
+    q, k, v, rpb, ks, scale = make_inputs(stage, DTYPES[dname])
+    q, k, v = (t.detach() for t in (q, k, v))
+    tables = {None: tb.bias_table(rpb, ks, q.device), "none": tb.bias_table(None, ks, q.device)}
+    tiles = {kind: tb.candidates(kind, ks, q.shape[-1], q.dtype)[0] for kind in KINDS}
+    tb.force_tiles(**tiles)
+    o, lse = tb._forward(q, k, v, tables[None], ks, scale)
+    do = torch.randn_like(o)
+    _, delta, _ = tb._backward_dq(q, k, v, tables[None], o, lse, do, ks, scale, True)
+
+    def calls(table: Optional[str] = None, rpb_grad: bool = True) -> dict:
+        t = tables[table]
+        return {"fwd": lambda: tb._forward(q, k, v, t, ks, scale),
+                "dq": lambda: tb._backward_dq(q, k, v, t, o, lse, do, ks, scale, rpb_grad and table is None),
+                "dkdv": lambda: tb._backward_dkdv(q, k, v, t, lse, delta, do, ks, scale)}
+
+    return tiles, calls
+
+
 SWEEP = [tb.Tile(*t) for t in (  # (th, tr, rows, num_warps, num_stages)
     (4, 2, 1, 4, 1), (4, 2, 2, 4, 1), (4, 4, 1, 4, 1), (4, 4, 2, 4, 1), (2, 4, 2, 2, 1), (2, 4, 1, 2, 1),
     (2, 4, 2, 4, 1), (8, 1, 1, 8, 1), (8, 1, 2, 8, 1), (4, 2, 1, 4, 2), (1, 8, 1, 1, 1), (1, 8, 2, 1, 1))]
@@ -192,21 +217,11 @@ def sweep(args) -> None:
     """Time candidate tiles of each kernel at each stage/dtype (the others at their default)."""
     for stage in args.stages:
         for dname in args.dtypes:
-            q, k, v, rpb, kernel_size, scale = make_inputs(stage, DTYPES[dname])
-            qd, kd, vd = (t.detach() for t in (q, k, v))
-            rd = tb.bias_table(rpb, kernel_size, q.device)
-            head_dim = q.shape[-1]
-            default = {kind: tb.candidates(kind, kernel_size, head_dim, q.dtype)[0] for kind in ("fwd", "dq", "dkdv")}
-            tb.force_tiles(**default)
-            o, lse = tb._forward(qd, kd, vd, rd, kernel_size, scale)
-            do = torch.randn_like(o)
-            _, delta, _ = tb._backward_dq(qd, kd, vd, rd, o, lse, do, kernel_size, scale, True)
-            runs = {"fwd": lambda: tb._forward(qd, kd, vd, rd, kernel_size, scale),
-                    "dq": lambda: tb._backward_dq(qd, kd, vd, rd, o, lse, do, kernel_size, scale, True),
-                    "dkdv": lambda: tb._backward_dkdv(qd, kd, vd, rd, lse, delta, do, kernel_size, scale)}
+            default, calls = kernel_calls(stage, dname)
+            runs = calls()
             results = []
-            for kind, tiles in (("fwd", SWEEP), ("dq", SWEEP), ("dkdv", SWEEP)):
-                for tile in tiles:
+            for kind in KINDS:
+                for tile in SWEEP:
                     tb.force_tiles(**{**default, kind: tile})
                     try:
                         if args.compile_only:  # fills Triton's cache (run several at once, then time)
@@ -220,7 +235,7 @@ def sweep(args) -> None:
                     results.append((kind, tile, ms))
                     print(f"stage {stage} {dname} {kind:4s} {tuple(tile)} {ms:.4f} ms", flush=True)
             tb.force_tiles()
-            for kind in ("fwd", "dq", "dkdv") if results else ():
+            for kind in KINDS if results else ():
                 best = min((r for r in results if r[0] == kind), key=lambda r: r[2] if r[2] == r[2] else 1e9)
                 print(f"BEST stage {stage} {dname} {kind}: {tuple(best[1])} {best[2]:.4f} ms "
                       f"(default {tuple(default[kind])})", flush=True)
@@ -231,27 +246,16 @@ def profile(args) -> None:
     os.environ["SEGMAN_NA_TRITON_AUTOTUNE"] = "0"
     for stage in args.stages:
         for dname in args.dtypes:
-            q, k, v, rpb, ks, scale = (t.detach() if torch.is_tensor(t) else t for t in make_inputs(stage, DTYPES[dname]))
-            rpb, no_rpb = tb.bias_table(rpb, ks, q.device), tb.bias_table(None, ks, q.device)
-            hd = q.shape[-1]
-            tiles = {kind: tb.candidates(kind, ks, hd, q.dtype)[0] for kind in ("fwd", "dq", "dkdv")}
-            tb.force_tiles(**tiles)
-            o, lse = tb._forward(q, k, v, rpb, ks, scale)
-            do = torch.randn_like(o)
-            _, delta, _ = tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, True)
-            tb._backward_dkdv(q, k, v, rpb, lse, delta, do, ks, scale)
+            tiles, calls = kernel_calls(stage, dname)
+            with_rpb = calls()
+            with_rpb["dkdv"]()  # every kernel compiled before the register report
             for kind, kern in tb._COMPILED.items():
                 print(f"stage {stage} {dname} {kind:4s} tile {tuple(tiles[kind])}: regs {kern.n_regs} "
                       f"spills {kern.n_spills} shared {kern.metadata.shared}", flush=True)
-            cases = {
-                "fwd": lambda: tb._forward(q, k, v, rpb, ks, scale),
-                "fwd-norpb": lambda: tb._forward(q, k, v, no_rpb, ks, scale),
-                "dq": lambda: tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, True),
-                "dq-nodrpb": lambda: tb._backward_dq(q, k, v, rpb, o, lse, do, ks, scale, False),
-                "dq-norpb": lambda: tb._backward_dq(q, k, v, no_rpb, o, lse, do, ks, scale, False),
-                "dkdv": lambda: tb._backward_dkdv(q, k, v, rpb, lse, delta, do, ks, scale),
-                "dkdv-norpb": lambda: tb._backward_dkdv(q, k, v, no_rpb, lse, delta, do, ks, scale),
-            }
+            no_rpb = calls("none")
+            cases = {"fwd": with_rpb["fwd"], "fwd-norpb": no_rpb["fwd"], "dq": with_rpb["dq"],
+                     "dq-nodrpb": calls(rpb_grad=False)["dq"], "dq-norpb": no_rpb["dq"],
+                     "dkdv": with_rpb["dkdv"], "dkdv-norpb": no_rpb["dkdv"]}
             for name, fn in cases.items():
                 print(f"stage {stage} {dname} {name:11s} {bench(fn):.4f} ms", flush=True)
             base = tiles["fwd"]
