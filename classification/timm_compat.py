@@ -11,6 +11,7 @@ loaders (each with a test in ``tests/classification/test_timm_compat.py``).
 from __future__ import annotations
 
 from PIL import Image, ImageOps
+from timm.data import auto_augment
 
 __all__ = ["apply", "posterize"]
 
@@ -21,9 +22,7 @@ def posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     """timm's posterize op; ``bits_to_keep <= 0`` gives the black image older Pillow produced."""
     if bits_to_keep <= 0:
         return img.point([0] * 256 * len(img.getbands()))
-    if bits_to_keep >= 8:
-        return img
-    return ImageOps.posterize(img, bits_to_keep)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
 
 
 def _pillow_posterizes_to_zero_bits() -> bool:
@@ -37,8 +36,6 @@ def _pillow_posterizes_to_zero_bits() -> bool:
 def apply() -> list[str]:
     """Patch timm's RandAugment/AutoAugment op table where this Pillow needs it (idempotent).
     Returns the names of the ops it replaced.  Ops built before the call keep the old function."""
-    from timm.data import auto_augment
-
     if _pillow_posterizes_to_zero_bits():
         return []
     patched = []
