@@ -6,8 +6,8 @@ Target GPUs: sm_80 (A100), sm_86 (RTX 30xx / A6000), sm_89 (L40 / RTX 40xx) and 
 by default, each as machine code, plus compute_90 PTX for newer cards.  Override with
 ``SEGMAN_CUDA_ARCHS="90"`` (semicolon- or comma-separated compute capabilities without the dot;
 a trailing ``+PTX`` also embeds PTX for the last one).  ``MAX_JOBS`` sets the parallel compile jobs.
-No ``--use_fast_math``: the kernels call the fast intrinsics they want (``__expf`` in softplus and
-sigmoid, ``exp2f`` for the decay) and keep ``log1pf`` exact.
+No ``--use_fast_math``: the kernels call the hardware approximations they want (``ex2.approx`` in
+softplus, sigmoid and the decay, ``rcp.approx`` with a Newton step) and keep ``log1p`` accurate.
 """
 import os
 import re

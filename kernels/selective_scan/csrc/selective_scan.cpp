@@ -8,7 +8,7 @@
 // (Bt, G, N, L) in u's dtype; D, delta_bias (G*Dg,) fp32 or None; N <= 16.  The last dimension of
 // u, delta, B, C, dout must have stride 1 (other strides are free).  out is fp32; states
 // (Bt, G*Dg, ceil(L/256), N) fp32 holds the state entering each 256-step chunk.  Gradients: du,
-// ddelta in the input dtype; dB, dC fp32 (Bt, G, N, L); dA (C, N), dD, ddelta_bias (C,) fp32.
+// ddelta, dB, dC (Bt, G, N, L) in the input dtype (dB, dC accumulate in fp32); dA (C, N), dD, ddelta_bias (C,) fp32.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -208,23 +208,27 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor du = at::empty({k.batch, k.channels, k.length}, u.options());
   at::Tensor ddelta = at::empty({k.batch, k.channels, k.length}, u.options());
-  at::Tensor dB = at::zeros({k.batch, k.groups, k.n_state, k.length}, f32);
-  at::Tensor dC = at::zeros({k.batch, k.groups, k.n_state, k.length}, f32);
-  at::Tensor dA = at::zeros({k.batch, k.channels, k.n_state}, f32);
-  at::Tensor dD = at::zeros({k.batch, k.channels}, f32);
-  at::Tensor dbias = at::zeros({k.batch, k.channels}, f32);
-  if (du.numel() > 0) {
+  // dB and dC (accumulated with atomics) share one zeroed buffer, and the per-(batch, channel)
+  // partials of dA, dD, d_bias another: at small shapes each extra memset, sum or cast is a
+  // noticeable share of the backward's time.
+  at::Tensor dBC = at::zeros({2, k.batch, k.groups, k.n_state, k.length}, f32);
+  const int64_t nc = static_cast<int64_t>(k.channels) * k.n_state;
+  at::Tensor partials = at::empty({k.batch, nc + 2 * k.channels}, f32);  // every used entry is written
+  if (du.numel() == 0) {
+    partials.zero_();
+  } else {
     p.dout = dout.data_ptr<float>();
     p.o_b = dout.stride(0);
     p.o_c = dout.stride(1);
     p.states = states.data_ptr<float>();
     p.du = du.data_ptr();
     p.ddelta = ddelta.data_ptr();
-    p.dB = dB.data_ptr<float>();
-    p.dC = dC.data_ptr<float>();
-    p.dA = dA.data_ptr<float>();
-    p.dD = D.has_value() ? dD.data_ptr<float>() : nullptr;
-    p.dbias = delta_bias.has_value() ? dbias.data_ptr<float>() : nullptr;
+    p.dB = dBC.data_ptr<float>();
+    p.dC = p.dB + dBC.stride(0);
+    p.dA = partials.data_ptr<float>();
+    p.dD = D.has_value() ? p.dA + nc : nullptr;
+    p.dbias = delta_bias.has_value() ? p.dA + nc + k.channels : nullptr;
+    p.part_b = partials.stride(0);
     const bool vec = can_vectorise(p, {&u, &delta, &B, &C, &dout},
                                    {p.u_b, p.u_c, p.d_b, p.d_c, p.B_b, p.B_g, p.B_n, p.C_b, p.C_g, p.C_n,
                                     p.o_b, p.o_c});
@@ -236,9 +240,13 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  std::vector<std::optional<at::Tensor>> grads = {du, ddelta, dA.sum(0), dB, dC, std::nullopt, std::nullopt};
-  if (D.has_value()) grads[5] = dD.sum(0);
-  if (delta_bias.has_value()) grads[6] = dbias.sum(0);
+  const at::Tensor dBC_out = dBC.to(B.scalar_type());
+  const at::Tensor sums = partials.sum(0);
+  std::vector<std::optional<at::Tensor>> grads = {
+      du, ddelta, sums.narrow(0, 0, nc).view({k.channels, k.n_state}), dBC_out[0], dBC_out[1], std::nullopt,
+      std::nullopt};
+  if (D.has_value()) grads[5] = sums.narrow(0, nc, k.channels);
+  if (delta_bias.has_value()) grads[6] = sums.narrow(0, nc + k.channels, k.channels);
   return grads;
 }
 

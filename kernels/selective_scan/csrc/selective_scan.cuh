@@ -11,7 +11,7 @@
 // from the last chunk to the first with the mirror-image scan over __shfl_down_sync.
 //
 // Backward: du, ddelta are written per element; dA, dD, ddelta_bias are reduced per warp and
-// written per (batch, channel) (the host sums over batch); dB, dC are summed over the warps of a
+// written per (batch, channel) into one buffer (the host sums over batch); dB, dC are summed over the warps of a
 // block (all warps of a block share one (batch, group)) in shared memory and added to an fp32
 // buffer with atomicAdd (float4 atomics on sm_90 when the rows are 16-byte aligned).
 #pragma once
@@ -106,6 +106,15 @@ __device__ __forceinline__ void store_items(T* p, int valid, const float (&in)[k
   }
 }
 
+// Whether item j of a lane's group lies inside the sequence (valid = steps left from the group's
+// first).  With kVec a group is full or absent, so one comparison serves every item.  Steps past
+// the end get the step size dt = 0, so exp(dt A) = 1 and dt u B = 0 (u, B, C and dy load as 0
+// there): they leave the state and its adjoint unchanged, and the scans need no masks.
+template <bool kVec>
+__device__ __forceinline__ bool in_sequence(int j, int valid) {
+  return kVec ? valid > 0 : j < valid;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Math
 // ------------------------------------------------------------------------------------------------
@@ -140,15 +149,14 @@ __device__ __forceinline__ float log1p_unit(float z) {
 }
 
 // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), which equals x in fp32 above the threshold 20 of
-// SPEC §2.2, so no branch is needed; also returns its derivative sigmoid(x).
-__device__ __forceinline__ float step_size(float raw, bool softplus, float* dstep = nullptr) {
-  if (!softplus) {  // uniform over the launch
-    if (dstep) *dstep = 1.f;
-    return raw;
-  }
-  const float z = __expf(-fabsf(raw));
-  if (dstep) *dstep = (raw >= 0.f ? 1.f : z) * rcp_unit(1.f + z);
-  return fmaxf(raw, 0.f) + log1p_unit(z);
+// SPEC §2.2, so no branch is needed; also returns its derivative sigmoid(x).  With on = 0 (no
+// softplus, uniform over the launch) the blends return x and 1 exactly.  Blending instead of
+// selecting: for `on ? softplus : x` the compiler branches around each item's softplus, which
+// keeps it from interleaving the kItems independent chains of a lane (their latency then shows).
+__device__ __forceinline__ float step_size(float raw, float on, float* dstep = nullptr) {
+  const float z = fast_exp2(-fabsf(raw) * kLog2e);  // exp(-|x|); below 2^-126 it is 0
+  if (dstep) *dstep = fmaf(on, (raw >= 0.f ? 1.f : z) * rcp_unit(1.f + z) - 1.f, 1.f);
+  return fmaf(on, fmaxf(raw, 0.f) + log1p_unit(z) - raw, raw);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -183,6 +191,7 @@ scan_fwd_kernel(const ScanParams p) {
   }
   const float Dc = p.D ? p.D[c] : 0.f;
   const float bias = p.bias ? p.bias[c] : 0.f;
+  const float softplus_on = p.softplus ? 1.f : 0.f;
 
   // software pipeline: the raw data of chunk i+1 is in flight while chunk i is computed
   Raw<T> ru, rd, rB, rC;
@@ -214,7 +223,8 @@ scan_fwd_kernel(const ScanParams p) {
     to_floats(rd, dt);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      dt[j] = step_size(dt[j] + bias, p.softplus);
+      const float step = step_size(dt[j] + bias, softplus_on);
+      dt[j] = in_sequence<kVec>(j, valid) ? step : 0.f;
       y[j] = Dc * uv[j];
     }
 #pragma unroll
@@ -231,9 +241,8 @@ scan_fwd_kernel(const ScanParams p) {
       float P = 1.f, H = 0.f;
 #pragma unroll
       for (int j = 0; j < kItems; ++j) {
-        const bool ok = j < valid;
-        a[j] = ok ? fast_exp2(dt[j] * A2[n]) : 1.f;
-        bv[j] = ok ? dt[j] * uv[j] * Bv[j] : 0.f;
+        a[j] = fast_exp2(dt[j] * A2[n]);
+        bv[j] = dt[j] * uv[j] * Bv[j];
         H = a[j] * H + bv[j];
         P *= a[j];
       }
@@ -345,6 +354,7 @@ scan_bwd_kernel(const ScanParams p) {
   }
   const float Dc = p.D ? p.D[c] : 0.f;
   const float bias = p.bias ? p.bias[c] : 0.f;
+  const float softplus_on = p.softplus ? 1.f : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
   // software pipeline over the chunks (last to first)
@@ -384,7 +394,8 @@ scan_bwd_kernel(const ScanParams p) {
     to_floats(rg, go);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      dt[j] = step_size(dt[j] + bias, p.softplus, &sig[j]);
+      const float step = step_size(dt[j] + bias, softplus_on, &sig[j]);
+      dt[j] = in_sequence<kVec>(j, valid) ? step : 0.f;
       du[j] = Dc * go[j];
       ddt[j] = 0.f;
       dD_acc += go[j] * uv[j];
@@ -407,9 +418,8 @@ scan_bwd_kernel(const ScanParams p) {
       float P = 1.f, H = 0.f;
 #pragma unroll
       for (int j = 0; j < kItems; ++j) {
-        const bool ok = j < valid;
-        a[j] = ok ? fast_exp2(dt[j] * A2[n]) : 1.f;
-        bv[j] = ok ? dt[j] * uv[j] * Bv[j] : 0.f;
+        a[j] = fast_exp2(dt[j] * A2[n]);
+        bv[j] = dt[j] * uv[j] * Bv[j];
         H = a[j] * H + bv[j];
         P *= a[j];
       }
@@ -488,7 +498,7 @@ scan_bwd_kernel(const ScanParams p) {
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
       ddt[j] *= sig[j];
-      if (j < valid) dbias_acc += ddt[j];
+      dbias_acc += ddt[j];  // 0 past the end (the adjoint is 0 there)
     }
     if (active) {
       store_items<T, kVec>(du_out + t0, valid, du);
@@ -505,11 +515,12 @@ scan_bwd_kernel(const ScanParams p) {
     for (int n = 0; n < kN; ++n) dA_acc[n] += __shfl_xor_sync(kFull, dA_acc[n], off);
   }
   if (active && lane == 0) {
+    const int64_t part = b * p.part_b;
 #pragma unroll
     for (int n = 0; n < kN; ++n)
-      if (n < n_state) p.dA[row * n_state + n] = dA_acc[n];
-    if (p.dD) p.dD[row] = dD_acc;
-    if (p.dbias) p.dbias[row] = dbias_acc;
+      if (n < n_state) p.dA[part + c * n_state + n] = dA_acc[n];
+    if (p.dD) p.dD[part + c] = dD_acc;
+    if (p.dbias) p.dbias[part + c] = dbias_acc;
   }
 }
 

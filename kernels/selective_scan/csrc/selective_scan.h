@@ -37,9 +37,12 @@ struct ScanParams {
   void* ddelta;
   float* dB;             // (Bt, G, N, L) fp32 contiguous, zero-initialised
   float* dC;
-  float* dA;             // (Bt, C, N) fp32 partials
-  float* dD;             // (Bt, C) fp32 partials or nullptr
-  float* dbias;          // (Bt, C) fp32 partials or nullptr
+  // Per-(batch, channel) partials, all in one (Bt, part_b) fp32 buffer (one batch sum on the host):
+  // dA[b * part_b + c * N + n], dD[b * part_b + c], dbias[b * part_b + c].
+  float* dA;
+  float* dD;             // or nullptr
+  float* dbias;          // or nullptr
+  int64_t part_b;
   int64_t u_b, u_c, d_b, d_c, B_b, B_g, B_n, C_b, C_g, C_n, o_b, o_c;
   int batch, channels, groups, dg, n_state, length, n_chunks;
   bool softplus;

@@ -77,7 +77,7 @@ class CudaSelectiveScanFn(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, dbias = _load().bwd(u, delta, A32, B, C, D32, bias32, dout, states,
                                                         ctx.delta_softplus)
         a_dtype, d_dtype, bias_dtype = ctx.dtypes
-        return (du, ddelta, dA.to(a_dtype), dB.to(B.dtype), dC.to(C.dtype),
+        return (du, ddelta, dA.to(a_dtype), dB, dC,
                 dD.to(d_dtype) if dD is not None else None,
                 dbias.to(bias_dtype) if dbias is not None else None, None)
 
