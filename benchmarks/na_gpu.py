@@ -12,6 +12,8 @@ forward+backward (gradients of q, k, v and of a learnable rpb), for
 The floor is the time to move the bytes that must move once (forward: q, k, v, rpb read and the
 output written; forward+backward adds q, k, v, o, dO, rpb read and dq, dk, dv, d_rpb written) at
 the device-to-device copy bandwidth measured in the same run (bytes read + written per second).
+Eager timings include each call's host work (Python, launches, the bias table), which dominates at
+stages 3-4; a second table replays forward+backward from a CUDA graph: the GPU time alone.
 
 Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex] [--dtypes fp32,bf16]
        [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
@@ -26,8 +28,8 @@ from typing import Callable, Optional
 
 import torch
 import triton
-import triton.testing
 
+from gpu_timing import bench, copy_bandwidth, graph_bench
 from segman.ops import neighborhood_attention_2d
 from segman.ops.triton_backend import neighborhood_attention as tb
 
@@ -39,19 +41,6 @@ STAGES = {  # name: (heads, head_dim, map side, kernel size)
 }
 BATCH = 16
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def bench(fn: Callable[[], object]) -> float:
-    """Median ms (events, L2 flushed between runs)."""
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second by a 1 GiB device-to-device copy."""
-    x = torch.empty(2 ** 28, dtype=torch.float32, device="cuda").normal_()
-    y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x))
-    return 2 * x.numel() * 4 / (ms * 1e-3)
 
 
 def make_inputs(stage: int, dtype: torch.dtype, seed: int = 0):
@@ -118,7 +107,9 @@ def provider_fn(name: str, stage: int):
     return run
 
 
-def time_provider(fn, inputs) -> tuple[float, float]:
+def time_provider(fn, inputs) -> tuple[float, float, float]:
+    """ms of the forward and of forward+backward (eager), and of forward+backward replayed from a
+    CUDA graph (GPU time alone)."""
     q, k, v, rpb, _, scale = inputs
     leaves = [q, k, v, rpb]
     gout = torch.randn_like(q)
@@ -130,7 +121,7 @@ def time_provider(fn, inputs) -> tuple[float, float]:
     torch.cuda.synchronize()
     with torch.no_grad():
         fwd = bench(lambda: fn(q, k, v, rpb, scale))
-    return fwd, bench(fwd_bwd)
+    return fwd, bench(fwd_bwd), graph_bench(fwd_bwd)
 
 
 def rel_err(a, b) -> float:
@@ -141,9 +132,11 @@ def table(args) -> None:
     bw = copy_bandwidth()
     rows = []
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"{datetime.date.today()}, copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+          f"{datetime.date.today()}, copy bandwidth {bw / 1e9:.2f} TB/s (read + write)", flush=True)
     header = ("| stage | dtype | pass | triton ms | floor ms | triton/floor | torch ms | flex ms | flex/triton "
               "| triton err vs torch |")
+    graph_header = "| stage | dtype | triton ms | torch ms | flex ms | flex/triton |"
+    graph_rows = []
     for stage in args.stages:
         for dname in args.dtypes:
             inputs = make_inputs(stage, DTYPES[dname])
@@ -165,7 +158,7 @@ def table(args) -> None:
                     ref = provider_fn("torch", stage)(q, k, v, rpb, scale)
                 err = rel_err(out, ref)
             for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
-                floor = nbytes / bw * 1e3
+                floor = nbytes / bw
                 t = {name: ts[i] for name, ts in times.items()}
                 fmt = lambda x: f"{x:.3f}" if x is not None else "-"  # noqa: E731
                 tri, flex = t.get("triton"), t.get("flex")
@@ -173,11 +166,18 @@ def table(args) -> None:
                             f"{tri / floor if tri else float('nan'):.2f} | {fmt(t.get('torch'))} | {fmt(flex)} | "
                             f"{flex / tri if (flex and tri) else float('nan'):.1f} | {err:.1e} |")
                 print(rows[-1], flush=True)
-    print()
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
-    for row in rows:
-        print(row)
+            g = {name: ts[2] for name, ts in times.items()}
+            tri, flex = g.get("triton"), g.get("flex")
+            graph_rows.append(f"| {stage} | {dname} | {fmt(tri)} | {fmt(g.get('torch'))} | {fmt(flex)} | "
+                              f"{flex / tri if (flex and tri) else float('nan'):.1f} |")
+            print(graph_rows[-1], flush=True)
+    for title, head, lines in (("Eager calls", header, rows),
+                               ("forward+backward replayed from a CUDA graph (GPU time)", graph_header, graph_rows)):
+        print(f"\n{title}:\n")
+        print(head)
+        print("|---" * (head.count("|") - 1) + "|")
+        for line in lines:
+            print(line)
     print("\ntriton tiles (kind, K, head_dim, dtype) -> tile:")
     for key, tile in sorted(tb._TUNED.items(), key=str):
         print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} {tuple(tile)}")

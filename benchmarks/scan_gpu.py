@@ -11,7 +11,10 @@ Floor = bytes that must move / copy bandwidth, both measured in this run.  Bytes
 once and every output written once (forward: u, delta, B, C in, y fp32 out; backward: u, delta,
 B, C, dy fp32 in, du, ddelta, dB, dC out; per-channel parameters are negligible).  Copy bandwidth:
 a 1 GiB device-to-device copy, counting bytes read plus written.  Times are medians of
-``triton.testing.do_bench`` (which flushes L2 before every call), through the public functions.
+``triton.testing.do_bench`` (which flushes L2 before every call), through the public functions
+(backward: ``torch.autograd.grad`` of the output), in two ways: replayed from a CUDA graph (the
+GPU time of the call, compared with the floor) and called eagerly (``eager`` columns: what a
+Python loop of such calls measures, which at the small shapes is mostly host work).
 
 Usage: python benchmarks/scan_gpu.py [--sweep] [--occupancy] [--only cuda triton] [--skip-ss2d]
 (--sweep: Triton launch configurations; --occupancy: the CUDA register-budget variants.)
@@ -24,27 +27,14 @@ import importlib
 
 import torch
 import triton
-from triton.testing import do_bench
 
+from gpu_timing import bench, copy_bandwidth, graph_bench
 from segman.ops import cross_merge, cross_scan, selective_scan
 
 SCAN = importlib.import_module("segman.ops.selective_scan")
 BATCH, GROUPS = 16, 4
 STAGES = [(64, 128), (144, 64), (288, 32)]  # (C, H = W)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def bench(fn) -> float:
-    """Median milliseconds."""
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    """Bytes per millisecond of a 1 GiB device-to-device copy (read + write)."""
-    src = torch.empty(2 ** 28, device="cuda", dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    ms = bench(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / ms
 
 
 def scan_inputs(channels, side, dtype, seed=0):
@@ -82,12 +72,26 @@ def ss2d_bytes(channels, side, dtype):
 
 
 def time_fwd_bwd(fn, leaves):
-    """(forward ms, backward ms) of ``fn()`` whose output is differentiated w.r.t. ``leaves``."""
-    fwd = bench(fn)
-    out = fn()
-    dy = torch.randn_like(out)
-    bwd = bench(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
-    return fwd, bwd
+    """``(fwd, bwd, fwd eager, bwd eager)`` ms of ``fn()``, whose output is differentiated w.r.t.
+    ``leaves``: GPU time (CUDA-graph replay) and eager wall time."""
+    stream = torch.cuda.Stream()  # the backward is captured on the stream its forward ran on
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = fn()
+        dy = torch.randn_like(out)
+    torch.cuda.current_stream().wait_stream(stream)
+    backward = lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True)  # noqa: E731
+    return graph_bench(fn), graph_bench(backward, stream), bench(fn), bench(backward)
+
+
+def row(shape, dname, name, times, floors):
+    """A table row: each time followed by its ratio to the floor; then the eager times."""
+    fwd, bwd, fwd_eager, bwd_eager = times
+    return (shape, dname, name, fwd, fwd / floors[0], bwd, bwd / floors[1], fwd_eager, bwd_eager)
+
+
+def floor_row(shape, dname, floors, name="floor"):
+    return row(shape, dname, name, (*floors, *floors), floors)
 
 
 def cuda_ext():
@@ -102,8 +106,8 @@ def scan_rows(bw, only=None, occupancy=False):
         for dname, dtype in DTYPES.items():
             inputs = scan_inputs(channels, side, dtype)
             fwd_bytes, bwd_bytes = scan_bytes(channels, side, dtype)
-            fwd_floor, bwd_floor = fwd_bytes / bw, bwd_bytes / bw
-            rows.append((f"C={channels} L={side}²", dname, "floor", fwd_floor, 1.0, bwd_floor, 1.0))
+            shape, floors = f"C={channels} L={side}²", (fwd_bytes / bw, bwd_bytes / bw)
+            rows.append(floor_row(shape, dname, floors))
             for backend in SCAN.BACKENDS:
                 if only is not None and backend.name not in only:
                     continue
@@ -120,9 +124,7 @@ def scan_rows(bw, only=None, occupancy=False):
                         cuda_ext().set_occupancy(*modes)
                     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
                     fn = lambda: selective_scan(**leaves, backend=backend.name)  # noqa: E731
-                    fwd, bwd = time_fwd_bwd(fn, list(leaves.values()))
-                    rows.append((f"C={channels} L={side}²", dname, name, fwd, fwd / fwd_floor, bwd,
-                                 bwd / bwd_floor))
+                    rows.append(row(shape, dname, name, time_fwd_bwd(fn, list(leaves.values())), floors))
                     del leaves
                     torch.cuda.empty_cache()
                 if len(variants) > 1:
@@ -148,9 +150,8 @@ def ss2d_rows(bw):
             inputs = scan_inputs(channels, side, dtype)
             x = torch.randn(BATCH, channels, side, side, device="cuda").to(dtype)
             fwd_bytes, bwd_bytes = ss2d_bytes(channels, side, dtype)
-            fwd_floor, bwd_floor = fwd_bytes / bw, bwd_bytes / bw
-            shape = f"C={channels} L={side}²"
-            rows.append((shape, dname, "floor", fwd_floor, 1.0, bwd_floor, 1.0))
+            shape, floors = f"C={channels} L={side}²", (fwd_bytes / bw, bwd_bytes / bw)
+            rows.append(floor_row(shape, dname, floors))
             leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if k != "u"}
             xl = x.clone().requires_grad_()
             params = [xl, *leaves.values()]
@@ -166,11 +167,11 @@ def ss2d_rows(bw):
                 variants.append(("fused: triton ss2d_scan", lambda: fused(xl, **leaves, backend="triton")))
             for name, fn in variants:
                 try:
-                    fwd, bwd = time_fwd_bwd(fn, params)
+                    times = time_fwd_bwd(fn, params)
                 except Exception as e:  # a backend that cannot run these inputs
                     print(f"  skip {name}: {e}")
                     continue
-                rows.append((shape, dname, name, fwd, fwd / fwd_floor, bwd, bwd / bwd_floor))
+                rows.append(row(shape, dname, name, times, floors))
             torch.cuda.empty_cache()
     return rows
 
@@ -189,8 +190,8 @@ def sweep():
                     ts.CONFIG.update(block_t=block_t, fwd=(block_c, warps), bwd=(block_c, warps))
                     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
                     try:
-                        fwd, bwd = time_fwd_bwd(lambda: selective_scan(**leaves, backend="triton"),
-                                                list(leaves.values()))
+                        fwd, bwd, _, _ = time_fwd_bwd(lambda: selective_scan(**leaves, backend="triton"),
+                                                      list(leaves.values()))
                     except Exception as e:  # noqa: BLE001 (e.g. out of registers / shared memory)
                         print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: {type(e).__name__}")
                         continue
@@ -214,25 +215,27 @@ def cross_rows(bw):
             x = torch.randn(BATCH, channels, side, side, device="cuda").to(dtype)
             y = torch.randn(BATCH, GROUPS, channels, side, side, device="cuda").to(dtype)
             e = torch.finfo(dtype).bits // 8
-            floor = 5 * x.numel() * e / bw
+            floors = (5 * x.numel() * e / bw,) * 2
             shape = f"C={channels} L={side}²"
-            rows.append((shape, dname, "floor (scan: 1 read + 4 writes; merge: 4 + 1)", floor, 1.0, floor, 1.0))
+            rows.append(floor_row(shape, dname, floors, "floor (scan: 1 read + 4 writes; merge: 4 + 1)"))
             for backend in xs_mod.SCAN_BACKENDS:
                 if backend.can_run(x):
                     continue
-                t_scan = bench(lambda: cross_scan(x, backend=backend.name))
-                t_merge = bench(lambda: cross_merge(y, backend=backend.name))
-                rows.append((shape, dname, backend.name, t_scan, t_scan / floor, t_merge, t_merge / floor))
+                calls = (lambda: cross_scan(x, backend=backend.name), lambda: cross_merge(y, backend=backend.name))
+                times = [graph_bench(f) for f in calls] + [bench(f) for f in calls]
+                rows.append(row(shape, dname, backend.name, times, floors))
     return rows
 
 
 def print_table(title, rows, cols=("fwd", "bwd")):
     print(f"\n### {title}\n")
     a, b = cols
-    print(f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for shape, dname, name, fwd, fr, bwd, br in rows:
-        print(f"| {shape} | {dname} | {name} | {fwd * 1e3:.0f} | {fr:.2f} | {bwd * 1e3:.0f} | {br:.2f} |")
+    print(f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor "
+          f"| {a} eager µs | {b} eager µs |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for shape, dname, name, fwd, fr, bwd, br, fwd_eager, bwd_eager in rows:
+        print(f"| {shape} | {dname} | {name} | {fwd * 1e3:.0f} | {fr:.2f} | {bwd * 1e3:.0f} | {br:.2f} "
+              f"| {fwd_eager * 1e3:.0f} | {bwd_eager * 1e3:.0f} |")
 
 
 def main() -> None:
@@ -252,7 +255,8 @@ def main() -> None:
     print(f"\n## GPU selective scan — {props.name}, {datetime.date.today().isoformat()}")
     print(f"\ntorch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
           f"copy bandwidth {bw / 1e9:.2f} TB/s (1 GiB device-to-device copy, read + write); "
-          f"µs = median of triton.testing.do_bench (L2 flushed before each call).")
+          f"µs = median of triton.testing.do_bench (L2 flushed before each call) of the call replayed from "
+          f"a CUDA graph (GPU time); eager = the same calls from Python.")
     print_table("selective_scan (d_state 1)", rows)
     if cross:
         print_table("cross_scan / cross_merge", cross, cols=("cross_scan", "cross_merge"))
