@@ -17,7 +17,7 @@ Printed per (variant, precision, backend): median step ms over ``--steps`` timed
 kernels with the most self CUDA time).
 
 Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions bf16 fp32]
-       [--backends auto "NA torch" "all torch"] [--profile]
+       [--backends auto "NA torch" "all torch"] [--profile] [--cudnn-benchmark]
 """
 from __future__ import annotations
 
@@ -74,11 +74,14 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="kernel breakdown of one auto step instead")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True (what the segmentation configs set)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("model_gpu.py needs a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
     img = torch.randn(args.batch, 3, args.size, args.size, device="cuda")
     target = torch.randint(0, 150, (args.batch, args.size // 8, args.size // 8), device="cuda")
@@ -86,7 +89,8 @@ def main(argv=None) -> None:
         profile(args, img, target)
         return
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, "
-          f"batch {args.batch} × {args.size}², forward + loss + backward, median of {args.steps} steps")
+          f"batch {args.batch} × {args.size}², forward + loss + backward, median of {args.steps} steps, "
+          f"cudnn.benchmark {args.cudnn_benchmark}")
     print("| model | precision | backends | step ms | images/s | peak GiB |")
     print("|---|---|---|---:|---:|---:|")
     for variant in args.variants:
