@@ -128,6 +128,10 @@ def rel_err(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+def _ms(x: Optional[float]) -> str:
+    return f"{x:.3f}" if x is not None else "-"
+
+
 def table(args) -> None:
     bw = copy_bandwidth()
     rows = []
@@ -160,15 +164,14 @@ def table(args) -> None:
             for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
                 floor = nbytes / bw
                 t = {name: ts[i] for name, ts in times.items()}
-                fmt = lambda x: f"{x:.3f}" if x is not None else "-"  # noqa: E731
                 tri, flex = t.get("triton"), t.get("flex")
-                rows.append(f"| {stage} | {dname} | {pname} | {fmt(tri)} | {floor:.3f} | "
-                            f"{tri / floor if tri else float('nan'):.2f} | {fmt(t.get('torch'))} | {fmt(flex)} | "
+                rows.append(f"| {stage} | {dname} | {pname} | {_ms(tri)} | {floor:.3f} | "
+                            f"{tri / floor if tri else float('nan'):.2f} | {_ms(t.get('torch'))} | {_ms(flex)} | "
                             f"{flex / tri if (flex and tri) else float('nan'):.1f} | {err:.1e} |")
                 print(rows[-1], flush=True)
             g = {name: ts[2] for name, ts in times.items()}
             tri, flex = g.get("triton"), g.get("flex")
-            graph_rows.append(f"| {stage} | {dname} | {fmt(tri)} | {fmt(g.get('torch'))} | {fmt(flex)} | "
+            graph_rows.append(f"| {stage} | {dname} | {_ms(tri)} | {_ms(g.get('torch'))} | {_ms(flex)} | "
                               f"{flex / tri if (flex and tri) else float('nan'):.1f} |")
             print(graph_rows[-1], flush=True)
     for title, head, lines in (("Eager calls", header, rows),

@@ -8,7 +8,8 @@
 // (Bt, G, N, L) in u's dtype; D, delta_bias (G*Dg,) fp32 or None; N <= 16.  The last dimension of
 // u, delta, B, C, dout must have stride 1 (other strides are free).  out is fp32; states
 // (Bt, G*Dg, ceil(L/256), N) fp32 holds the state entering each 256-step chunk.  Gradients: du,
-// ddelta, dB, dC (Bt, G, N, L) in the input dtype (dB, dC accumulate in fp32); dA (C, N), dD, ddelta_bias (C,) fp32.
+// ddelta, dB, dC (Bt, G, N, L) in the input dtype (dB, dC accumulate in fp32); dA (C, N), dD,
+// ddelta_bias (C,) fp32.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

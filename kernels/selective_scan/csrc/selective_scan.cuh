@@ -11,9 +11,9 @@
 // from the last chunk to the first with the mirror-image scan over __shfl_down_sync.
 //
 // Backward: du, ddelta are written per element; dA, dD, ddelta_bias are reduced per warp and
-// written per (batch, channel) into one buffer (the host sums over batch); dB, dC are summed over the warps of a
-// block (all warps of a block share one (batch, group)) in shared memory and added to an fp32
-// buffer with atomicAdd (float4 atomics on sm_90 when the rows are 16-byte aligned).
+// written per (batch, channel) into one buffer (the host sums over batch); dB, dC are summed over
+// the warps of a block (all warps of a block share one (batch, group)) in shared memory and added
+// to an fp32 buffer with atomicAdd (float4 atomics on sm_90 when the rows are 16-byte aligned).
 #pragma once
 
 #include <cuda.h>
