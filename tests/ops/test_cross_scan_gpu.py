@@ -20,7 +20,7 @@ MODULE = importlib.import_module("segman.ops.cross_scan")
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 DTYPE_IDS = {F32: "f32", BF16: "bf16", F16: "f16"}
 MERGE_TOL = {F32: 1e-6, BF16: 1e-2, F16: 1e-2}
-SIZES = [(2, 3, 1, 1), (2, 3, 5, 7), (1, 4, 33, 65), (2, 8, 64, 64), (1, 2, 128, 96)]
+SIZES = [(2, 3, 1, 1), (2, 3, 5, 7), (1, 4, 33, 65), (2, 8, 64, 64), (1, 2, 128, 96), (1, 3, 70, 131)]
 
 
 def _backends(attr):

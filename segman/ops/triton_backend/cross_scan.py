@@ -7,10 +7,12 @@ Reference (``segman/ops/torch_backend/cross_scan.py``), with the memory traffic 
     stack([rows, cols, rows.flip(-1), cols.flip(-1)])   # read 4 maps, write 4
 
 The kernels read each element once and write it to its four positions (scan), or read the four
-positions and write the sum once (merge).  A program owns one ``TILE_H x TILE_W`` tile of one
-(batch, channel) plane; the column-major directions go through ``tl.trans`` so that their stores
-(scan) or loads (merge) stay coalesced (Triton moves the tile through shared memory).  Merge adds
-in fp32 and rounds once to the input dtype.
+positions and write the sum once (merge).  A program owns one ``TILE x TILE`` tile of one
+(batch, channel) plane.  Every global access runs forwards along the contiguous axis, so that it is
+vectorised: the column-major directions go through ``tl.trans`` (Triton moves the tile through
+shared memory), and the reversed directions take their tile at the mirrored position, whose rows run
+backwards in memory, and reverse it in registers with ``tl.flip`` (exact: a bit-level permutation).
+Merge adds in fp32 and rounds once to the input dtype.
 
 ``cross_scan`` and ``cross_merge`` are each other's adjoint, so each one's backward is the other.
 """
@@ -22,63 +24,82 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 32
+
+@triton.jit
+def _mirror(i0, size, TILE: tl.constexpr):
+    """Indices ``size - i0 - TILE ..< size - i0``: the mirror images of ``i0 ..< i0 + TILE`` in reverse
+    order (``< 0`` where the tile runs past the map), so ``flip`` of a block loaded there lines up."""
+    return size - i0 - TILE + tl.arange(0, TILE)
 
 
 @triton.jit
 def _cross_scan_kernel(x_ptr, out_ptr, channels, height, width,
                        sx_b, sx_c, sx_h, sx_w,
-                       TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    # Each output direction is a 2-D map: out0[i, j] = x[i, j] and out2[i, j] = x[H-1-i, W-1-j]
-    # as (H, W); out1[j, i] = x[i, j] and out3[j, i] = x[H-1-i, W-1-j] as (W, H).  The program
-    # writes the (i, j) tile of each, so every store is contiguous; the mirrored tile is a
-    # reversed load (served by L1/L2, the neighbouring program reads the same lines).
+                       TILE: tl.constexpr):
+    # Pixel (i, j) goes to row-major position (i, j) of out0 and, mirrored, (H-1-i, W-1-j) of
+    # out2 (both viewed as (H, W)); to (j, i) of out1 and (W-1-j, H-1-i) of out3 (viewed as (W, H)).
     plane = tl.program_id(0)                   # b * channels + c
-    h = tl.program_id(1) * TILE_H + tl.arange(0, TILE_H)
-    w = tl.program_id(2) * TILE_W + tl.arange(0, TILE_W)
+    i0 = tl.program_id(1) * TILE
+    j0 = tl.program_id(2) * TILE
+    h = i0 + tl.arange(0, TILE)
+    w = j0 + tl.arange(0, TILE)
     b = (plane // channels).to(tl.int64)
     c = (plane % channels).to(tl.int64)
     length = height * width
-    mask = (h[:, None] < height) & (w[None, :] < width)
-    x_plane = x_ptr + b * sx_b + c * sx_c
-    tile = tl.load(x_plane + h[:, None] * sx_h + w[None, :] * sx_w, mask=mask)
-    mirror = tl.load(x_plane + (height - 1 - h)[:, None] * sx_h + (width - 1 - w)[None, :] * sx_w, mask=mask)
+    h_ok = h < height
+    w_ok = w < width
+    mask = h_ok[:, None] & w_ok[None, :]
+    tile = tl.load(x_ptr + b * sx_b + c * sx_c + h[:, None] * sx_h + w[None, :] * sx_w, mask=mask)
+    tile_t = tl.trans(tile)                                     # [w, h]: out1, out3
     plane_len = channels.to(tl.int64) * length
     out0 = out_ptr + (b * 4 * channels + c) * length
-    row = h[:, None] * width + w[None, :]                       # (TILE_H, TILE_W), contiguous in w
-    tl.store(out0 + row, tile, mask=mask)
-    tl.store(out0 + 2 * plane_len + row, mirror, mask=mask)
-    mask_t = tl.trans(mask)
-    col = w[:, None] * height + h[None, :]                      # (TILE_W, TILE_H), contiguous in h
-    tl.store(out0 + plane_len + col, tl.trans(tile), mask=mask_t)
-    tl.store(out0 + 3 * plane_len + col, tl.trans(mirror), mask=mask_t)
+    tl.store(out0 + h[:, None] * width + w[None, :], tile, mask=mask)
+    tl.store(out0 + plane_len + w[:, None] * height + h[None, :], tile_t, mask=tl.trans(mask))
+    w_mirror = _mirror(j0, width, TILE)
+    h_mirror = _mirror(i0, height, TILE)
+    tl.store(out0 + 2 * plane_len + (height - 1 - h)[:, None] * width + w_mirror[None, :], tl.flip(tile, 1),
+             mask=h_ok[:, None] & (w_mirror >= 0)[None, :])
+    tl.store(out0 + 3 * plane_len + (width - 1 - w)[:, None] * height + h_mirror[None, :], tl.flip(tile_t, 1),
+             mask=w_ok[:, None] & (h_mirror >= 0)[None, :])
 
 
 @triton.jit
 def _cross_merge_kernel(y_ptr, out_ptr, channels, height, width,
                         sy_b, sy_k, sy_c,
-                        TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+                        TILE: tl.constexpr):
     plane = tl.program_id(0)
-    h = tl.program_id(1) * TILE_H + tl.arange(0, TILE_H)
-    w = tl.program_id(2) * TILE_W + tl.arange(0, TILE_W)
+    i0 = tl.program_id(1) * TILE
+    j0 = tl.program_id(2) * TILE
+    h = i0 + tl.arange(0, TILE)
+    w = j0 + tl.arange(0, TILE)
     b = (plane // channels).to(tl.int64)
     c = (plane % channels).to(tl.int64)
     length = height * width
-    mask = (h[:, None] < height) & (w[None, :] < width)
-    mask_t = (w[:, None] < width) & (h[None, :] < height)
+    h_ok = h < height
+    w_ok = w < width
+    mask = h_ok[:, None] & w_ok[None, :]
     y0 = y_ptr + b * sy_b + c * sy_c
     row = h[:, None] * width + w[None, :]
-    col = w[:, None] * height + h[None, :]                      # (TILE_W, TILE_H)
+    w_mirror = _mirror(j0, width, TILE)
+    h_mirror = _mirror(i0, height, TILE)
     acc = tl.load(y0 + row, mask=mask, other=0.0).to(tl.float32)
-    acc += tl.load(y0 + 2 * sy_k + (length - 1 - row), mask=mask, other=0.0).to(tl.float32)
-    acc_t = tl.load(y0 + sy_k + col, mask=mask_t, other=0.0).to(tl.float32)
-    acc_t += tl.load(y0 + 3 * sy_k + (length - 1 - col), mask=mask_t, other=0.0).to(tl.float32)
+    rev = tl.load(y0 + 2 * sy_k + (height - 1 - h)[:, None] * width + w_mirror[None, :],
+                  mask=h_ok[:, None] & (w_mirror >= 0)[None, :], other=0.0)
+    acc += tl.flip(rev, 1).to(tl.float32)
+    acc_t = tl.load(y0 + sy_k + w[:, None] * height + h[None, :], mask=tl.trans(mask), other=0.0).to(tl.float32)
+    rev_t = tl.load(y0 + 3 * sy_k + (width - 1 - w)[:, None] * height + h_mirror[None, :],
+                    mask=w_ok[:, None] & (h_mirror >= 0)[None, :], other=0.0)
+    acc_t += tl.flip(rev_t, 1).to(tl.float32)
     acc += tl.trans(acc_t)
     tl.store(out_ptr + (b * channels + c) * length + row, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _grid(batch, channels, height, width):
-    return (batch * channels, triton.cdiv(height, TILE), triton.cdiv(width, TILE))
+def _launch(kernel, t: torch.Tensor, out: torch.Tensor, batch: int, channels: int, height: int, width: int,
+            strides: tuple) -> None:
+    """64 × 64 tiles, or 32 × 32 on maps narrower than 64 (measured on an H100: benchmarks/RESULTS.md)."""
+    tile = 64 if min(height, width) >= 64 else 32
+    grid = (batch * channels, triton.cdiv(height, tile), triton.cdiv(width, tile))
+    kernel[grid](t, out, channels, height, width, *strides, TILE=tile, num_warps=4)
 
 
 def cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +107,7 @@ def cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 4, channels, height * width, device=x.device, dtype=x.dtype)
     if out.numel():
-        _cross_scan_kernel[_grid(batch, channels, height, width)](
-            x, out, channels, height, width, *x.stride(), TILE_H=TILE, TILE_W=TILE, num_warps=4)
+        _launch(_cross_scan_kernel, x, out, batch, channels, height, width, x.stride())
     return out
 
 
@@ -98,9 +118,7 @@ def cross_merge_fwd(y: torch.Tensor) -> torch.Tensor:
         y = y.contiguous()
     out = torch.empty(batch, channels, height * width, device=y.device, dtype=y.dtype)
     if out.numel():
-        _cross_merge_kernel[_grid(batch, channels, height, width)](
-            y, out, channels, height, width, y.stride(0), y.stride(1), y.stride(2),
-            TILE_H=TILE, TILE_W=TILE, num_warps=4)
+        _launch(_cross_merge_kernel, y, out, batch, channels, height, width, y.stride()[:3])
     return out
 
 
