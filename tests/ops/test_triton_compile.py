@@ -47,17 +47,19 @@ def compile_sm90(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_s
 def _na_cases():
     for dtype, kernel_size, head_dim, tile in (("bf16", 11, 32, na.Tile(4, 2, 1, 4)),
                                                ("fp32", 7, 36, na.Tile(4, 2, 2, 8)),
+                                               ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8)),
                                                ("bf16", 3, 128, na.Tile(2, 4, 1, 4))):
         geo, dp = na.geometry(kernel_size), na._pow2(head_dim)
-        common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, ROWS=tile.rows, CO=geo.co, CW=geo.cw, DP=dp,
-                      EVEN_D=head_dim == dp, PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+        common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
+                      DP=dp, EVEN_D=head_dim == dp, PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+        run = na.key_run(tile.tw, kernel_size)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
         bp = na._pow2(2 * kernel_size - 1, 1)
-        yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, "RWP": geo.rwp}, ptrs, tile
+        yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
-               {**common, "RWP": geo.rwp, "BP": bp, "RPB_GRAD": True}, ptrs, tile)
-        yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": geo.rwp}, ptrs, tile
+               {**common, "RWP": run, "BP": bp, "RPB_GRAD": True}, ptrs, tile)
+        yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
 
 
 def _scan_cases():
@@ -69,8 +71,8 @@ def _scan_cases():
                                                 "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr")})
         yield f"scan-fwd-{dtype}", ss._fwd_kernel, flags, ptrs, None
         yield f"scan-bwd-{dtype}", ss._bwd_kernel, flags, ptrs, None
-    for dtype in ("bf16", "fp32"):
-        tiles = dict(TILE_H=xs.TILE, TILE_W=xs.TILE)
+    for dtype, tile in (("bf16", 64), ("fp32", 32)):
+        tiles = dict(TILE=tile)
         yield f"cross-scan-{dtype}", xs._cross_scan_kernel, tiles, {"x_ptr": dtype, "out_ptr": dtype}, None
         yield f"cross-merge-{dtype}", xs._cross_merge_kernel, tiles, {"y_ptr": dtype, "out_ptr": dtype}, None
 

@@ -10,7 +10,7 @@ is the reference).  Per query pixel ``(i, j)`` with window origin ``s = clamp(i 
     out     = p @ v[window]                                # another K²·d gather
 
 Here the (…, K²) tensors never reach global memory.  A program owns ``TR`` tiles of ``TH`` rows ×
-``TW = 16`` query pixels (``M = TH·TW`` queries, one ``tl.dot`` operand, spread over the warps).  The
+``TW`` (16 or 8) query pixels (``M = TH·TW`` queries, one ``tl.dot`` operand, spread over the warps).  The
 tile's queries share their window columns, so a key row is one contiguous run of
 ``RWP = pow2(TW + K - 1)`` pixels; the program walks the ``K + TH - 1`` key rows that some window of
 the tile holds, scores the whole tile against each run with ``tl.dot`` (head_dim padded to a power
@@ -30,9 +30,9 @@ Backward, FlashAttention-2 style, in two kernels:
 * ``dq`` kernel (per query tile, same walk): recomputes ``p = exp(logit - lse)``,
   ``ds = p (dO·v - Δ)`` with ``Δ = rowsum(dO ∘ O)`` (computed here and saved for the next kernel),
   accumulates ``dq``, and reduces ``ds`` to the bias row of each (query row, key row) *inside the
-  program*: a ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the 16 queries
+  program*: a ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the ``TW`` queries
   of each tile row are summed.  Each program writes the ``K`` d_rpb rows that each of its query rows
-  touches once (plain stores into a zeroed ``(B, heads, H, W/16, 2K-1, BP)`` buffer, ~21 MB at
+  touches once (plain stores into a zeroed ``(B, heads, H, W/TW, 2K-1, BP)`` buffer, ~21 MB at
   SegMAN-S stage 1); one torch ``sum`` finishes ``d_rpb``.
   No atomics.
 * ``dk/dv`` kernel (per key tile): walks the rows of queries whose windows hold a key row of the
@@ -57,8 +57,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-TW = 16  # tile width in pixels: the smallest tl.dot operand
-_TW = tl.constexpr(TW)  # the same, readable inside kernels
+MAX_TW = 16  # the widest tile (pixels); the bias table is laid out for it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,29 +98,29 @@ def _load_rows(base, offsets, d_ok, EVEN_D: tl.constexpr):
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _tile_origin(rows_per_program, W):
+def _tile_origin(rows_per_program, W, TW: tl.constexpr):
     """First row and first column of this program's pixels."""
     pid_t = tl.program_id(0)
-    tiles_w = tl.cdiv(W, _TW)
-    return (pid_t // tiles_w) * rows_per_program, (pid_t % tiles_w) * _TW
+    tiles_w = tl.cdiv(W, TW)
+    return (pid_t // tiles_w) * rows_per_program, (pid_t % tiles_w) * TW
 
 
 @triton.jit
-def _tile_pixels(i0, j0, H, W, TH: tl.constexpr):
+def _tile_pixels(i0, j0, H, W, TH: tl.constexpr, TW: tl.constexpr):
     """Per tile element: (clamped) row, column and whether the pixel is in the map."""
-    m = tl.arange(0, TH * _TW)
+    m = tl.arange(0, TH * TW)
     row = i0 + m % TH
     col = j0 + m // TH
     return tl.minimum(row, H - 1), col, (row < H) & (col < W)
 
 
 @triton.jit
-def _query_tile(i0, j0, H, W, table_head, KS: tl.constexpr, TH: tl.constexpr, CO: tl.constexpr,
-                CW: tl.constexpr):
+def _query_tile(i0, j0, H, W, table_head, KS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                CO: tl.constexpr, CW: tl.constexpr):
     """A query tile at pixel ``(i0, j0)``, per element: (clamped) row, column, in-map flag, window
     start row, and the table offset of bias column 0 in its slab (row 0); the tile's key rows are
     ``lo ..< hi``."""
-    qi, qj, q_ok = _tile_pixels(i0, j0, H, W, TH)
+    qi, qj, q_ok = _tile_pixels(i0, j0, H, W, TH, TW)
     slab = tl.where(q_ok, _window_start(qj, W, KS) - qj + (KS - 1), KS)
     col_base = table_head + slab * (2 * KS * CW) + CO + (KS - 1) - qj
     lo = _window_start(i0, H, KS)
@@ -130,11 +129,11 @@ def _query_tile(i0, j0, H, W, table_head, KS: tl.constexpr, TH: tl.constexpr, CO
 
 
 @triton.jit
-def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr):
+def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr, TW: tl.constexpr):
     """Key columns of a query tile's key rows: the unclamped ``RWP`` (for the table), the loaded ones
     (clamped into the union of the tile's windows) and the first."""
     col0 = _window_start(j0, W, KS)
-    col1 = _window_start(tl.minimum(j0 + _TW, W) - 1, W, KS) + KS
+    col1 = _window_start(tl.minimum(j0 + TW, W) - 1, W, KS) + KS
     kc = col0 + tl.arange(0, RWP)
     return kc, tl.minimum(kc, col1 - 1), col0
 
@@ -162,15 +161,16 @@ def _na2d_fwd_kernel(
     Q, K, V, TABLE, O, LSE,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sob, son, soh, sow,
     heads, H, W, D, qk_scale, table_heads,
-    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr, RWP: tl.constexpr,
-    CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
+    RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    tl.static_assert(RWP >= _TW + KS - 1)
+    tl.static_assert(RWP >= TW + KS - 1)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    i_first, j0 = _tile_origin(TR * TH, W)
-    kc, kc_load, _col0 = _key_columns(j0, W, KS, RWP)
+    i_first, j0 = _tile_origin(TR * TH, W, TW)
+    kc, kc_load, _col0 = _key_columns(j0, W, KS, RWP, TW)
     d = tl.arange(0, DP)
     d_ok = d < D
     k_base = K + b * skb + n * skn                                  # scalar bases, int32 offsets
@@ -180,12 +180,12 @@ def _na2d_fwd_kernel(
     table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
-        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, CO, CW)
+        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, TW, CO, CW)
         q_mask = q_ok[:, None] & d_ok[None, :]
         q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
-        m_i = tl.full([TH * _TW], -1.0e30, tl.float32)
-        l_i = tl.zeros([TH * _TW], tl.float32)
-        acc = tl.zeros([TH * _TW, DP], tl.float32)
+        m_i = tl.full([TH * TW], -1.0e30, tl.float32)
+        l_i = tl.zeros([TH * TW], tl.float32)
+        acc = tl.zeros([TH * TW, DP], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):
             k0, v0, s0 = _key_row(q, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE,
                                   qk_scale, d_ok, KS, CW, EVEN_D, PRECISION)
@@ -216,7 +216,7 @@ def _na2d_fwd_kernel(
 @triton.jit
 def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE, qk_scale, lse, delta,
                 d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
-                KS: tl.constexpr, CW: tl.constexpr, TH: tl.constexpr, BP: tl.constexpr,
+                KS: tl.constexpr, CW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BP: tl.constexpr,
                 RPB_GRAD: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
     """One key row of the dq walk: returns ``dq + ds @ k`` ``[M, DP]``; stores this row's d_rpb partials."""
     k, v, s = _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE, qk_scale, d_ok,
@@ -226,7 +226,7 @@ def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base
     ds = p * (dp - delta[:, None])
     if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of this key row
         y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, BP]
-        y = tl.sum(tl.reshape(y, (_TW, TH, BP)), axis=0)                               # [TH, BP]
+        y = tl.sum(tl.reshape(y, (TW, TH, BP)), axis=0)                                # [TH, BP]
         a = kr - row_si                                                                 # window row
         tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * BP + c[None, :], y,
                  mask=(row_ok & (a >= 0) & (a < KS))[:, None])
@@ -239,17 +239,17 @@ def _na2d_bwd_dq_kernel(
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw,
     sob, son, soh, sow, sdb, sdn, sdh, sdw, sgb, sgn, sgh, sgw,
     heads, H, W, D, qk_scale, scale, table_heads,
-    KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr,
-    RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr,
+    KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+    ROWS: tl.constexpr, RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    tl.static_assert(RWP >= _TW + KS - 1)
+    tl.static_assert(RWP >= TW + KS - 1)
     tl.static_assert(BP >= 2 * KS - 1)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    i_first, j0 = _tile_origin(TR * TH, W)
-    kc, kc_load, col0 = _key_columns(j0, W, KS, RWP)
+    i_first, j0 = _tile_origin(TR * TH, W, TW)
+    kc, kc_load, col0 = _key_columns(j0, W, KS, RWP, TW)
     d = tl.arange(0, DP)
     d_ok = d < D
     k_base = K + b * skb + n * skn
@@ -259,17 +259,17 @@ def _na2d_bwd_dq_kernel(
     table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
     # d_rpb: bias column c of query column qj sits at column g_idx[m, c] of a key row.
-    qj_tile = j0 + tl.arange(0, TH * _TW) // TH
+    qj_tile = j0 + tl.arange(0, TH * TW) // TH
     c = tl.arange(0, BP)
     g_idx = c[None, :] + (qj_tile - (KS - 1) - col0)[:, None]
     g_ok = (g_idx >= 0) & (g_idx < RWP) & (c < 2 * KS - 1)[None, :] & (qj_tile < W)[:, None]
     g_idx = tl.minimum(tl.maximum(g_idx, 0), RWP - 1)
-    tiles_w = tl.cdiv(W, _TW)
+    tiles_w = tl.cdiv(W, TW)
     tile_col = tl.program_id(0) % tiles_w
     t = tl.arange(0, TH)
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
-        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, CO, CW)
+        qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, KS, TH, TW, CO, CW)
         q_mask = q_ok[:, None] & d_ok[None, :]
         q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
         o = tl.load(O + b * sob + n * son + qi[:, None] * soh + qj[:, None] * sow + d[None, :], mask=q_mask, other=0.0)
@@ -284,15 +284,15 @@ def _na2d_bwd_dq_kernel(
         row_ok = row_t < H
         row_si = _window_start(tl.minimum(row_t, H - 1), H, KS)
         part = ((pid_bh.to(tl.int64) * H + row_t) * tiles_w + tile_col) * (2 * KS - 1)
-        dq = tl.zeros([TH * _TW, DP], tl.float32)
+        dq = tl.zeros([TH * TW, DP], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):
             dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, kc, TABLE,
                              qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
-                             KS, CW, TH, BP, RPB_GRAD, EVEN_D, PRECISION)
+                             KS, CW, TH, TW, BP, RPB_GRAD, EVEN_D, PRECISION)
             if ROWS == 2:  # the next row past r_hi is outside every window: ds = 0, nothing stored
                 dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base, kc,
                                  TABLE, qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c,
-                                 DRPB, KS, CW, TH, BP, RPB_GRAD, EVEN_D, PRECISION)
+                                 DRPB, KS, CW, TH, TW, BP, RPB_GRAD, EVEN_D, PRECISION)
         tl.store(DQ + b * sgb + n * sgn + qi[:, None] * sgh + qj[:, None] * sgw + d[None, :],
                  (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -337,13 +337,14 @@ def _na2d_bwd_dkdv_kernel(
     Q, K, V, TABLE, DO, LSE, DELTA, DK, DV,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sdb, sdn, sdh, sdw,
     heads, H, W, D, qk_scale, scale, table_heads,
-    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, ROWS: tl.constexpr, QWP: tl.constexpr,
-    CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
+    QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
-    r_first, j0 = _tile_origin(TR * TH, W)
+    r_first, j0 = _tile_origin(TR * TH, W, TW)
     d = tl.arange(0, DP)
     d_ok = d < D
     q_base = Q + b * sqb + n * sqn
@@ -351,21 +352,21 @@ def _na2d_bwd_dkdv_kernel(
     stats = pid_bh.to(tl.int64) * H * W
     # Query columns whose windows hold a key column of the tile: lo_c ..= hi_c, in QWP-wide chunks.
     lo_c = _query_lo(j0, KS)
-    hi_c = _query_hi(tl.minimum(j0 + _TW, W) - 1, W, KS)
+    hi_c = _query_hi(tl.minimum(j0 + TW, W) - 1, W, KS)
     n_cc = tl.cdiv(hi_c - lo_c + 1, QWP)
     w = tl.arange(0, QWP)
     table_head = (n % table_heads) * ((KS + 1) * 2 * KS * CW)
 
     for r0 in range(r_first, tl.minimum(r_first + TR * TH, H), TH):
-        kr, kc, k_ok = _tile_pixels(r0, j0, H, W, TH)
+        kr, kc, k_ok = _tile_pixels(r0, j0, H, W, TH, TW)
         kc = tl.minimum(kc, W - 1)
         k_mask = k_ok[:, None] & d_ok[None, :]
         k = tl.load(K + b * skb + n * skn + kr[:, None] * skh + kc[:, None] * skw + d[None, :], mask=k_mask, other=0.0)
         v = tl.load(V + b * svb + n * svn + kr[:, None] * svh + kc[:, None] * svw + d[None, :], mask=k_mask, other=0.0)
         lo_r = _query_lo(r0, KS)                                    # query rows whose windows hold a key row
         n_it = (_query_hi(tl.minimum(r0 + TH, H) - 1, H, KS) - lo_r + 1) * n_cc
-        dk = tl.zeros([TH * _TW, DP], tl.float32)
-        dv = tl.zeros([TH * _TW, DP], tl.float32)
+        dk = tl.zeros([TH * TW, DP], tl.float32)
+        dv = tl.zeros([TH * TW, DP], tl.float32)
         for it in range(0, n_it, ROWS):
             dk, dv = _dkdv_query_chunk(dk, dv, k, v, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
                                        lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head,
@@ -384,7 +385,7 @@ def _na2d_bwd_dkdv_kernel(
 # --------------------------------------------------------------------------------------------------
 
 class Tile(NamedTuple):
-    """A program's work: ``tr`` tiles of ``th`` rows × 16 pixels, ``rows`` partner rows per step, on
+    """A program's work: ``tr`` tiles of ``th`` rows × ``tw`` pixels, ``rows`` partner rows per step, on
     ``num_warps`` warps with ``num_stages`` pipeline stages."""
 
     th: int
@@ -392,24 +393,29 @@ class Tile(NamedTuple):
     rows: int = 1
     num_warps: int = 4
     num_stages: int = 1
+    tw: int = MAX_TW
 
 
 def _pow2(x: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(x))
 
 
-class Geometry(NamedTuple):
-    """Per kernel size: key-row run ``rwp`` (``pow2(TW + K - 1)``, also the dk/dv query-row run) and
-    the bias table's column offset ``co`` and width ``cw`` (bias columns ``-(TW-1) .. rwp + K - 2``)."""
+def key_run(tile_width: int, kernel_size: int) -> int:
+    """Pixels per key row of a query tile ``tile_width`` wide: ``pow2(TW + K - 1)`` (also the dk/dv
+    kernel's run of query columns per key tile)."""
+    return _pow2(tile_width + kernel_size - 1)
 
-    rwp: int
+
+class Geometry(NamedTuple):
+    """The bias table's column offset ``co`` and width ``cw`` per kernel size: bias columns
+    ``-(TW-1) .. key_run + K - 2`` of every tile width up to ``MAX_TW``."""
+
     co: int
     cw: int
 
 
 def geometry(kernel_size: int) -> Geometry:
-    rwp = _pow2(TW + kernel_size - 1)
-    return Geometry(rwp, TW, TW + rwp + kernel_size)
+    return Geometry(MAX_TW, MAX_TW + key_run(MAX_TW, kernel_size) + kernel_size)
 
 
 def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -> list[Tile]:
@@ -418,10 +424,14 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
     share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
     pipeline stage and one partner row per step win almost everywhere; fp32 with a padded head_dim
-    of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8."""
+    of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8.  Where a
+    tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score
+    (K + 7)·16 keys per query instead of (K + 3)·32."""
     dp = _pow2(head_dim)
     warps = 8 if dp >= 128 else 4
     tiles = [Tile(4, 2, 1, warps), Tile(4, 4, 1, warps), Tile(2, 4, 1, warps // 2), Tile(4, 2, 2, warps)]
+    if key_run(8, kernel_size) < key_run(MAX_TW, kernel_size):
+        tiles += [Tile(8, 1, 1, warps, tw=8), Tile(8, 2, 1, warps, tw=8), Tile(4, 2, 1, warps // 2, tw=8)]
     if dtype == torch.float32 and dp >= 64:
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     return tiles
@@ -519,15 +529,15 @@ def _mask_table(kernel_size: int, device: torch.device) -> torch.Tensor:
 
 def _grid(tile: Tile, q: torch.Tensor) -> tuple[int, int]:
     batch, heads, height, width, _ = q.shape
-    return triton.cdiv(height, tile.tr * tile.th) * triton.cdiv(width, TW), batch * heads
+    return triton.cdiv(height, tile.tr * tile.th) * triton.cdiv(width, tile.tw), batch * heads
 
 
 def _launch_args(tile: Tile, kernel_size: int, q: torch.Tensor) -> dict:
     """Compile-time arguments shared by the three kernels."""
     head_dim = q.shape[-1]
     geo = geometry(kernel_size)
-    return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, ROWS=tile.rows, CO=geo.co, CW=geo.cw, DP=_pow2(head_dim),
-                EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype),
+    return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
+                DP=_pow2(head_dim), EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype),
                 num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
@@ -540,7 +550,7 @@ def _forward(q, k, v, table, kernel_size: int, scale: float):
         _COMPILED["fwd"] = _na2d_fwd_kernel[_grid(tile, q)](
             q, k, v, table, o, lse, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o),
             heads, height, width, head_dim, scale * LOG2E, table.shape[0],
-            RWP=geometry(kernel_size).rwp, **_launch_args(tile, kernel_size, q))
+            RWP=key_run(tile.tw, kernel_size), **_launch_args(tile, kernel_size, q))
 
     launch(_pick("fwd", kernel_size, head_dim, q.dtype, launch))
     return o, lse
@@ -553,17 +563,19 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
     delta = torch.empty_like(lse)
     bp = _pow2(2 * kernel_size - 1, 1)
     nb = 2 * kernel_size - 1
-    buf = (torch.zeros((batch, heads, height, triton.cdiv(width, TW), nb, bp), dtype=torch.float32, device=q.device)
-           if rpb_grad else lse)
 
-    def launch(tile: Tile):
+    def launch(tile: Tile) -> torch.Tensor:
+        """Runs the kernel; returns the zeroed-then-filled d_rpb partials (their layout follows the tile)."""
+        buf = (torch.zeros((batch, heads, height, triton.cdiv(width, tile.tw), nb, bp), dtype=torch.float32,
+                           device=q.device) if rpb_grad else lse)
         _COMPILED["dq"] = _na2d_bwd_dq_kernel[_grid(tile, q)](
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
-            RWP=geometry(kernel_size).rwp, BP=bp, **_launch_args(tile, kernel_size, q))
+            RWP=key_run(tile.tw, kernel_size), BP=bp, **_launch_args(tile, kernel_size, q))
+        return buf
 
-    launch(_pick("dq", kernel_size, head_dim, q.dtype, launch))
+    buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, launch))
     return dq, delta, buf.sum(dim=(0, 2, 3))[:, :, :nb] if rpb_grad else None
 
 
@@ -577,7 +589,7 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
             q, k, v, table, do, lse, delta, dk, dv,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
-            QWP=geometry(kernel_size).rwp, **_launch_args(tile, kernel_size, q))
+            QWP=key_run(tile.tw, kernel_size), **_launch_args(tile, kernel_size, q))
 
     launch(_pick("dkdv", kernel_size, head_dim, q.dtype, launch))
     return dk, dv
