@@ -98,7 +98,7 @@ __device__ __forceinline__ void store_items(T* p, int valid, const float (&in)[k
     if (valid <= 0) return;
     constexpr int kVecs = sizeof(T) * kItems / 16;
 #pragma unroll
-    for (int i = 0; i < kVecs; ++i) __stcs(reinterpret_cast<uint4*>(p) + i, reinterpret_cast<const uint4*>(r.e)[i]);
+    for (int i = 0; i < kVecs; ++i) reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(r.e)[i];
   } else {
 #pragma unroll
     for (int j = 0; j < kItems; ++j)
