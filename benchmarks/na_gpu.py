@@ -211,9 +211,10 @@ def kernel_calls(stage: int, dname: str) -> tuple[dict, Callable[..., dict]]:
     return tiles, calls
 
 
-SWEEP = [tb.Tile(*t) for t in (  # (th, tr, rows, num_warps, num_stages)
+SWEEP = [tb.Tile(*t) for t in (  # (th, tr, rows, num_warps, num_stages[, tw])
     (4, 2, 1, 4, 1), (4, 2, 2, 4, 1), (4, 4, 1, 4, 1), (4, 4, 2, 4, 1), (2, 4, 2, 2, 1), (2, 4, 1, 2, 1),
-    (2, 4, 2, 4, 1), (8, 1, 1, 8, 1), (8, 1, 2, 8, 1), (4, 2, 1, 4, 2), (1, 8, 1, 1, 1), (1, 8, 2, 1, 1))]
+    (2, 4, 2, 4, 1), (8, 1, 1, 8, 1), (8, 1, 2, 8, 1), (4, 2, 1, 4, 2), (1, 8, 1, 1, 1), (1, 8, 2, 1, 1),
+    (8, 1, 1, 4, 1, 8), (8, 2, 1, 4, 1, 8), (4, 2, 1, 2, 1, 8))]
 
 
 def sweep(args) -> None:
