@@ -91,6 +91,8 @@ def make_inputs(batch, heads, height, width, head_dim, kernel_size, dtype, *, wi
     if layout == "qkv":  # SegMAN's layout: one (B, H, W, 3, heads, d) projection, permuted views
         qkv = rnd(batch, height, width, 3, heads, head_dim).permute(3, 0, 4, 1, 2, 5)
         q, k, v = qkv[0], qkv[1], qkv[2]
+    elif layout == "padded":  # rows of head_dim + 1: strides that are not multiples of 4 elements
+        q, k, v = (rnd(batch, heads, height, width, head_dim + 1)[..., :head_dim] for _ in range(3))
     else:
         q, k, v = (rnd(batch, heads, height, width, head_dim) for _ in range(3))
     n = 2 * kernel_size - 1
@@ -174,7 +176,8 @@ def test_kernel_sizes(backend, kernel_size, shape, dtype):
     dict(scale=0.3, with_rpb=False),
     dict(rpb_grad=False),
     dict(layout="qkv"),
-], ids=["norpb", "scale1", "scale0.3-norpb", "rpb-frozen", "qkv-views"])
+    dict(layout="padded"),
+], ids=["norpb", "scale1", "scale0.3-norpb", "rpb-frozen", "qkv-views", "padded-rows"])
 @pytest.mark.parametrize("dtype", [F32, F16], ids=DTYPE_IDS.get)
 def test_options(backend, case, dtype):
     run_case(backend, 3, 2, 13, 10, 32, 7, dtype, seed=7, **case)

@@ -51,14 +51,16 @@ def _na_cases():
                                                ("bf16", 3, 128, na.Tile(2, 4, 1, 4))):
         geo, dp = na.geometry(kernel_size), na._pow2(head_dim)
         common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                      DP=dp, EVEN_D=head_dim == dp, PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+                      DP=dp, EVEN_D=head_dim == dp, PRECISION="tf32x3" if dtype == "fp32" else "tf32",
+                      ALIGN=1 if dtype == "fp32" else 4)  # both stride paths
         run = na.key_run(tile.tw, kernel_size)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
         bp = na._pow2(2 * kernel_size - 1, 1)
-        yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, "RWP": run}, ptrs, tile
+        vec = {"VEC_BIAS": dtype != "fp32"}
+        yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
-               {**common, "RWP": run, "BP": bp, "RPB_GRAD": True}, ptrs, tile)
+               {**common, **vec, "RWP": run, "BP": bp, "RPB_GRAD": True}, ptrs, tile)
         yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
 
 

@@ -29,9 +29,14 @@ LN2 = 0.6931471805599453
 def test_bias_table_holds_rpb_inside_windows_and_minus_inf_outside(kernel_size):
     heads, nb = 2, 2 * kernel_size - 1
     rpb = torch.randn(heads, nb, nb)
-    table = tb.bias_table(rpb, kernel_size, rpb.device)
+    shifted = tb.bias_table(rpb, kernel_size, rpb.device)
+    table = tb.table_slabs(shifted, kernel_size)
     geo = tb.geometry(kernel_size)
-    assert table.shape == (heads, kernel_size + 1, 2 * kernel_size, geo.cw)
+    assert table.shape == (heads, kernel_size + 1, 2 * kernel_size, geo.cw) and geo.cw % 4 == 0
+    flat = table.flatten(1)
+    for p in range(4):  # copy p: the table shifted by p floats, -inf around it
+        assert torch.equal(shifted[:, p, p:p + flat.shape[1]], flat)
+        assert torch.isneginf(shifted[:, p, :p]).all() and torch.isneginf(shifted[:, p, p + flat.shape[1]:]).all()
     for slab in range(kernel_size + 1):
         for row in range(2 * kernel_size):
             for col in range(geo.cw):
@@ -42,7 +47,7 @@ def test_bias_table_holds_rpb_inside_windows_and_minus_inf_outside(kernel_size):
                     torch.testing.assert_close(got, rpb[:, row, c] / LN2)
                 else:
                     assert torch.isneginf(got).all(), (slab, row, col)
-    mask_only = tb.bias_table(None, kernel_size, rpb.device)
+    mask_only = tb.table_slabs(tb.bias_table(None, kernel_size, rpb.device), kernel_size)
     assert mask_only.shape[0] == 1
     assert torch.equal(torch.isneginf(mask_only[0]), torch.isneginf(table[0]))
     assert (mask_only[torch.isfinite(mask_only)] == 0).all()
