@@ -225,14 +225,14 @@ def sweep(args) -> None:
             runs = calls()
             results = []
             for kind in KINDS:
-                for tile in SWEEP:
+                for tile in args.tiles or SWEEP:
                     tb.force_tiles(**{**default, kind: tile})
                     try:
                         if args.compile_only:  # fills Triton's cache (run several at once, then time)
                             runs[kind]()
                             torch.cuda.synchronize()
                             continue
-                        ms = bench(runs[kind])
+                        ms = graph_bench(runs[kind])
                     except Exception as exc:
                         ms = float("nan")
                         print(f"  {kind} {tuple(tile)}: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
@@ -288,6 +288,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", default="1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--compile-only", action="store_true", help="with --sweep: compile every tile, time nothing")
+    parser.add_argument("--tiles", type=lambda s: [tb.Tile(*map(int, t.split(","))) for t in s.split(";")],
+                        help='with --sweep: these tiles instead of the built-in list, e.g. "2,4,1,4,1,8;4,2,1,2,1,8"')
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)

@@ -214,6 +214,22 @@ def test_every_candidate_tile():
 
 
 @needs_cuda
+def test_autotuner_times_candidates_on_the_gpu(monkeypatch):
+    """With autotuning on, each kernel gets one of its candidates (timed by CUDA-graph replay, from a
+    side stream as in a training step), and the results still match."""
+    tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
+    monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "1")
+    kernel_size, head_dim, dtype = 5, 24, BF16
+    monkeypatch.setattr(tb, "_TUNED", {})
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, seed=3)
+    torch.cuda.synchronize()
+    for kind in ("fwd", "dq", "dkdv"):
+        assert tb._TUNED[(kind, kernel_size, head_dim, dtype)] in tb.candidates(kind, kernel_size, head_dim, dtype)
+
+
+@needs_cuda
 def test_auto_selection_uses_a_gpu_backend():
     """backend=None on CUDA with rpb must not fall back to the torch reference."""
     q, k, v, rpb = make_inputs(1, 2, 9, 9, 24, 5, BF16)

@@ -60,7 +60,8 @@ def _na_cases():
         vec = {"VEC_BIAS": dtype != "fp32"}
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
-               {**common, **vec, "RWP": run, "BP": bp, "RPB_GRAD": True}, ptrs, tile)
+               {**common, **vec, "RWP": run, "BP": bp, "NBC": (2 * kernel_size + 2) // 4 * 4, "RPB_GRAD": True}, ptrs,
+               tile)
         yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
 
 

@@ -34,9 +34,9 @@ Backward, FlashAttention-2 style, in two kernels:
   accumulates ``dq``, and reduces ``ds`` to the bias row of each (query row, key row) *inside the
   program*: a ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the ``TW`` queries
   of each tile row are summed.  Each program writes the ``K`` d_rpb rows that each of its query rows
-  touches once (plain stores into a zeroed ``(B, heads, H, W/TW, 2K-1, BP)`` buffer, ~21 MB at
-  SegMAN-S stage 1); one torch ``sum`` finishes ``d_rpb``.
-  No atomics.
+  touches once and zeros in the other ``K - 1`` (plain stores into a ``(B, H, W/TW, heads, 2K-1,
+  NBC)`` buffer, rows padded to a multiple of 4 floats: no separate zeroing pass); summing it over
+  the leading dimensions (``_sum_partials``) finishes ``d_rpb``.  No atomics.
 * ``dk/dv`` kernel (per key tile): walks the rows of queries whose windows hold a key row of the
   tile (``K + TH - 1`` inside the map, more at the borders where windows are shifted inwards),
   recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
@@ -45,12 +45,13 @@ Precision: products accumulate in fp32; fp16/bf16 probabilities are rounded to v
 ``p @ v`` (as NATTEN does).  fp32 inputs use ``tf32x3`` dot products (about fp32 accuracy) unless
 ``torch.backends.cuda.matmul`` allows TF32, in which case plain ``tf32`` is used.
 
-Tiles are picked per (head_dim, kernel size, dtype) by a narrow autotuner over a few candidates
-(``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the first candidate, the measured default).
+Tiles are picked per (head_dim, kernel size, dtype) by a narrow autotuner over a few candidates,
+timed on the GPU by CUDA-graph replay (``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the first candidate).
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -248,8 +249,8 @@ def _na2d_fwd_kernel(
 def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, lse, delta,
                 d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
                 KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                BP: tl.constexpr, RPB_GRAD: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-                VEC_BIAS: tl.constexpr):
+                BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, EVEN_D: tl.constexpr,
+                PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
     """One key row of the dq walk: returns ``dq + ds @ k`` ``[M, DP]``; stores this row's d_rpb partials."""
     k, v, s = _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, d_ok,
                        KS, CW, RWP, EVEN_D, PRECISION, VEC_BIAS)
@@ -260,8 +261,8 @@ def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base
         y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, BP]
         y = tl.sum(tl.reshape(y, (TW, TH, BP)), axis=0)                                # [TH, BP]
         a = kr - row_si                                                                 # window row
-        tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * BP + c[None, :], y,
-                 mask=(row_ok & (a >= 0) & (a < KS))[:, None])
+        tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * NBC + c[None, :], y,
+                 mask=(row_ok & (a >= 0) & (a < KS))[:, None] & (c < NBC)[None, :])
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
 
 
@@ -273,10 +274,10 @@ def _na2d_bwd_dq_kernel(
     heads, H, W, D, qk_scale, scale, table_heads,
     KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     ROWS: tl.constexpr, RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr,
-    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
+    NBC: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
 ):
     tl.static_assert(RWP >= TW + KS - 1)
-    tl.static_assert(BP >= 2 * KS - 1)
+    tl.static_assert((BP >= NBC) & (NBC >= 2 * KS - 1))
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
@@ -319,20 +320,25 @@ def _na2d_bwd_dq_kernel(
         stat = (pid_bh.to(tl.int64) * H + qi) * W + qj
         tl.store(DELTA + stat, delta, mask=q_ok)
         lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
-        # d_rpb partials of the tile's query rows: (query row, tile column, d_rpb row, BP).
+        # d_rpb partials of the tile's query rows: (batch, query row, tile column, head, d_rpb row, NBC).
         row_t = i0 + t
         row_ok = row_t < H
         row_si = _window_start(tl.minimum(row_t, H - 1), H, KS)
-        part = ((pid_bh.to(tl.int64) * H + row_t) * tiles_w + tile_col) * (2 * KS - 1)
+        part = (((b * H + row_t) * tiles_w + tile_col) * heads + n) * (2 * KS - 1)
+        if RPB_GRAD:  # the walk stores the K d_rpb rows of each query row's window; zeros in the others
+            for r in range(0, 2 * KS - 1):
+                a = r - (row_si - row_t + (KS - 1))                                         # window row
+                tl.store(DRPB + (part + r)[:, None] * NBC + c[None, :], tl.zeros([TH, BP], tl.float32),
+                         mask=(row_ok & ((a < 0) | (a >= KS)))[:, None] & (c < NBC)[None, :])
         dq = tl.zeros([TH * TW, DP], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):
             dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE,
                              qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
-                             KS, CW, RWP, TH, TW, BP, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
+                             KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
             if ROWS == 2:  # the next row past r_hi is outside every window: ds = 0, nothing stored
                 dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base,
                                  TABLE, qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c,
-                                 DRPB, KS, CW, RWP, TH, TW, BP, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
+                                 DRPB, KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
         tl.store(DQ + b * sgb + n * sgn + qi[:, None] * sgh + qj[:, None] * sgw + d[None, :],
                  (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -500,6 +506,27 @@ def force_tiles(fwd: Optional[Tile] = None, dq: Optional[Tile] = None, dkdv: Opt
             _FORCED[kind] = Tile(*tile)
 
 
+def _gpu_ms(fn, calls: int = 10, replays: int = 3) -> float:
+    """GPU milliseconds of one ``fn()``: the fastest of ``replays`` replays of a CUDA graph of ``calls``
+    calls.  Timing eager calls would add the host's launch work, which at small maps (SegMAN stages
+    3-4) is longer than the kernels and made the autotuner's choice there noise."""
+    fn()  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (NCCL) may go on
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    best = float("inf")
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / calls)
+    return best
+
+
 def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, launch) -> Tile:
     """The tile for ``kind``: forced, cached, the default, or the fastest candidate of ``launch``."""
     if kind in _FORCED:
@@ -514,7 +541,7 @@ def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, launch
     times = []
     for tile in tiles:
         try:
-            times.append(triton.testing.do_bench(lambda: launch(tile), warmup=5, rep=20, return_mode="median"))
+            times.append(_gpu_ms(lambda: launch(tile)))
         except Exception:  # a candidate that does not compile or fit (shared memory) is skipped
             times.append(float("inf"))
     best = tiles[min(range(len(tiles)), key=times.__getitem__)]
@@ -637,23 +664,35 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
     batch, heads, height, width, head_dim = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     delta = torch.empty_like(lse)
-    bp = _pow2(2 * kernel_size - 1, 1)
     nb = 2 * kernel_size - 1
+    nbc = (nb + 3) // 4 * 4  # partial rows padded to 16 bytes: vector stores
 
     def launch(tile: Tile) -> torch.Tensor:
-        """Runs the kernel; returns the zeroed-then-filled d_rpb partials (their layout follows the tile)."""
-        buf = (torch.zeros((batch, heads, height, triton.cdiv(width, tile.tw), nb, bp), dtype=torch.float32,
+        """Runs the kernel; returns the d_rpb partials, ``(B, H, W / TW, heads, 2K - 1, NBC)``: every
+        element written by the kernel, the dimensions to sum over leading."""
+        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, nb, nbc), dtype=torch.float32,
                            device=q.device) if rpb_grad else lse)
         _COMPILED["dq"] = _na2d_bwd_dq_kernel[_grid(tile, q)](
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
-            RWP=key_run(tile.tw, kernel_size), BP=bp, VEC_BIAS=_vector_bias(q.dtype),
+            RWP=key_run(tile.tw, kernel_size), BP=_pow2(nb, 1), NBC=nbc, VEC_BIAS=_vector_bias(q.dtype),
             **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
     buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, launch))
-    return dq, delta, buf.sum(dim=(0, 2, 3))[:, :, :nb] if rpb_grad else None
+    if not rpb_grad:
+        return dq, delta, None
+    return dq, delta, _sum_partials(buf.view(-1, heads * nb * nbc)).view(heads, nb, nbc)[:, :, :nb]
+
+
+def _sum_partials(parts: torch.Tensor) -> torch.Tensor:
+    """``parts (R, N)`` summed over R in two steps (groups of rows, then the groups): one ``sum(0)``
+    over the tens of thousands of rows of the d_rpb partials (SegMAN-S stage 1: 16384 × 1008) spreads
+    over too few blocks; on an H100 the two steps take 41 instead of 64 µs there, 13 instead of 24 µs
+    at stage 4."""
+    groups = math.gcd(parts.shape[0], 64)
+    return parts.view(groups, -1, parts.shape[1]).sum(1).sum(0)
 
 
 def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: float):
