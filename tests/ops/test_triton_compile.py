@@ -56,12 +56,10 @@ def _na_cases():
         run = na.key_run(tile.tw, kernel_size)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
-        bp = na._pow2(2 * kernel_size - 1, 1)
         vec = {"VEC_BIAS": dtype != "fp32"}
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
-               {**common, **vec, "RWP": run, "BP": bp, "NBC": (2 * kernel_size + 2) // 4 * 4, "RPB_GRAD": True}, ptrs,
-               tile)
+               {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
         yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
 
 

@@ -465,9 +465,21 @@ class Geometry(NamedTuple):
     cw: int
 
 
+def _round4(x: int) -> int:
+    """``x`` rounded up to a multiple of 4 (floats: rows that stay 16-byte aligned)."""
+    return (x + 3) // 4 * 4
+
+
 def geometry(kernel_size: int) -> Geometry:
     cw = MAX_TW + key_run(MAX_TW, kernel_size) + kernel_size
-    return Geometry(MAX_TW, (cw + 3) // 4 * 4)  # rows of a multiple of 4 floats keep the copies aligned
+    return Geometry(MAX_TW, _round4(cw))  # rows of a multiple of 4 floats keep the copies aligned
+
+
+def drpb_widths(kernel_size: int) -> dict:
+    """The dq kernel's d_rpb row widths: ``BP``, the power of two its gather works in, and ``NBC``,
+    the ``2K - 1`` bias columns of a partials row padded to a multiple of 4 floats (vector stores)."""
+    nb = 2 * kernel_size - 1
+    return dict(BP=_pow2(nb, 1), NBC=_round4(nb))
 
 
 def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -> list[Tile]:
@@ -665,7 +677,8 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     delta = torch.empty_like(lse)
     nb = 2 * kernel_size - 1
-    nbc = (nb + 3) // 4 * 4  # partial rows padded to 16 bytes: vector stores
+    widths = drpb_widths(kernel_size)
+    nbc = widths["NBC"]
 
     def launch(tile: Tile) -> torch.Tensor:
         """Runs the kernel; returns the d_rpb partials, ``(B, H, W / TW, heads, 2K - 1, NBC)``: every
@@ -676,7 +689,7 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
-            RWP=key_run(tile.tw, kernel_size), BP=_pow2(nb, 1), NBC=nbc, VEC_BIAS=_vector_bias(q.dtype),
+            RWP=key_run(tile.tw, kernel_size), **widths, VEC_BIAS=_vector_bias(q.dtype),
             **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
