@@ -49,9 +49,9 @@ def _na_cases():
                                                ("fp32", 7, 36, na.Tile(4, 2, 2, 8)),
                                                ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8)),
                                                ("bf16", 3, 128, na.Tile(2, 4, 1, 4))):
-        geo, dp = na.geometry(kernel_size), na._pow2(head_dim)
+        geo = na.geometry(kernel_size)
         common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                      DP=dp, EVEN_D=head_dim == dp, PRECISION="tf32x3" if dtype == "fp32" else "tf32",
+                      **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32",
                       ALIGN=1 if dtype == "fp32" else 4)  # both stride paths
         run = na.key_run(tile.tw, kernel_size)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}

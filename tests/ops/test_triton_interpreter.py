@@ -82,6 +82,8 @@ cases = [  # batch, heads, height, width, head_dim, kernel size, rpb, tile
     (1, 1, 11, 11, 32, 11, True, tb.Tile(8, 1, 1, 8)),
     (2, 2, 12, 21, 20, 9, True, tb.Tile(8, 1, 1, 4, tw=8)),
     (1, 1, 10, 9, 16, 5, True, tb.Tile(4, 2, 2, 2, tw=8)),
+    (2, 1, 9, 11, 36, 5, True, tb.Tile(4, 2, 2, 4, tw=8)),    # head_dim in two parts, 32 + 16 (4 used)
+    (1, 2, 7, 10, 48, 3, False, tb.Tile(2, 4, 1, 4)),          # two full parts, 32 + 16
 ]
 for batch, heads, height, width, head_dim, ks, with_rpb, tile in cases:
     tb.force_tiles(tile, tile, tile)
@@ -174,7 +176,7 @@ print("ok", 3)
 """
 
 
-@pytest.mark.parametrize("script,cases", [(NA_SCRIPT, 6), (SCAN_SCRIPT, 3), (SS2D_SCRIPT, 3)],
+@pytest.mark.parametrize("script,cases", [(NA_SCRIPT, 8), (SCAN_SCRIPT, 3), (SS2D_SCRIPT, 3)],
                          ids=["neighborhood_attention", "selective_scan", "cross_scan_merge_ss2d"])
 def test_triton_kernels_in_the_interpreter_match_the_reference(script, cases):
     env = {**os.environ, "TRITON_INTERPRET": "1", "SEGMAN_NA_TRITON_AUTOTUNE": "0",

@@ -93,12 +93,65 @@ def _aligned(sb, sn, sh, sw, ALIGN: tl.constexpr):
     return (sb // ALIGN) * ALIGN, (sn // ALIGN) * ALIGN, (sh // ALIGN) * ALIGN, (sw // ALIGN) * ALIGN
 
 
+# --------------------------------------------------------------------------------------------------
+# Head-dim rows.  A row of ``D`` elements is held as two parts: part A, columns ``0 ..< DA``, and with
+# ``SPLIT`` part B, columns ``DA ..< DA + DB`` (both powers of two, for ``tl.dot``).  Splitting a head
+# dim of 36 into 32 + 16 instead of padding it to 64 saves a quarter of the registers and the dot
+# work.  The last part is padded with zeros past ``D`` unless ``EVEN_D``.
+# --------------------------------------------------------------------------------------------------
+
 @triton.jit
-def _load_rows(base, offsets, d_ok, EVEN_D: tl.constexpr):
-    """``base[offsets]`` for in-bounds pixels; head_dim padding reads zeros."""
-    if EVEN_D:
-        return tl.load(base + offsets)
-    return tl.load(base + offsets, mask=d_ok[None, :], other=0.0)
+def _load_part(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
+    if ROW_MASK and COL_MASK:
+        return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    if ROW_MASK:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    if COL_MASK:
+        return tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _load_head(base, rows, row_ok, D, ROW_MASK: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+               SPLIT: tl.constexpr, EVEN_D: tl.constexpr):
+    """Rows ``base + rows[r] + (0 ..< D)`` as part A ``[R, DA]`` and part B ``[R, DB]`` (part A again
+    without ``SPLIT``); zeros past ``D`` and, with ``ROW_MASK``, in rows where ``row_ok`` is False."""
+    da = tl.arange(0, DA)
+    xa = _load_part(base + rows[:, None] + da[None, :], row_ok, da < D, ROW_MASK, not (SPLIT or EVEN_D))
+    xb = xa
+    if SPLIT:
+        db = DA + tl.arange(0, DB)
+        xb = _load_part(base + rows[:, None] + db[None, :], row_ok, db < D, ROW_MASK, not EVEN_D)
+    return xa, xb
+
+
+@triton.jit
+def _store_head(base, rows, row_ok, xa, xb, D, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr):
+    """Stores parts ``xa``, ``xb`` of rows ``base + rows[r] + (0 ..< D)`` where ``row_ok``."""
+    da = tl.arange(0, DA)
+    tl.store(base + rows[:, None] + da[None, :], xa.to(base.dtype.element_ty), mask=row_ok[:, None] & (da < D)[None, :])
+    if SPLIT:
+        db = DA + tl.arange(0, DB)
+        tl.store(base + rows[:, None] + db[None, :], xb.to(base.dtype.element_ty),
+                 mask=row_ok[:, None] & (db < D)[None, :])
+
+
+@triton.jit
+def _dot_rows(xa, xb, ya, yb, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    """``x · yᵀ`` over the head dim, ``[R, S]`` from rows ``x [R, D]`` and ``y [S, D]`` in parts."""
+    out = tl.dot(xa, tl.trans(ya), input_precision=PRECISION)
+    if SPLIT:
+        out = tl.dot(xb, tl.trans(yb), out, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def _dot_acc(p, ya, yb, acc_a, acc_b, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    """``acc + p @ y`` per part, ``p [R, S]`` (cast to ``y``'s dtype), ``y [S, D]`` in parts."""
+    acc_a = tl.dot(p.to(ya.dtype), ya, acc_a, input_precision=PRECISION)
+    if SPLIT:
+        acc_b = tl.dot(p.to(yb.dtype), yb, acc_b, input_precision=PRECISION)
+    return acc_a, acc_b
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,21 +214,21 @@ def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
-def _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, d_ok,
-             KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-             VEC_BIAS: tl.constexpr):
-    """Key row ``kr`` (clamped into the map for loading) of a query tile: ``k``, ``v`` ``[RWP, DP]`` and
-    the log2-scaled logits ``[M, RWP]``, ``-inf`` outside each query's window (rows past the map are
-    outside every window)."""
+def _key_row(qa, qb, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, D,
+             KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+             SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
+    """Key row ``kr`` (clamped into the map for loading) of a query tile: ``k``, ``v`` (``[RWP, D]``
+    each in two parts) and the log2-scaled logits ``[M, RWP]``, ``-inf`` outside each query's window
+    (rows past the map are outside every window)."""
     kr_in = tl.minimum(kr, H - 1)
-    k = _load_rows(K + kr_in * skh, k_off, d_ok, EVEN_D)
-    v = _load_rows(V + kr_in * svh, v_off, d_ok, EVEN_D)
+    ka, kb = _load_head(K + kr_in * skh, k_rows, k_rows, D, False, DA, DB, SPLIT, EVEN_D)
+    va, vb = _load_head(V + kr_in * svh, v_rows, v_rows, D, False, DA, DB, SPLIT, EVEN_D)
     row = tl.where((kr >= si) & (kr < si + KS), kr - qi + (KS - 1), 2 * KS - 1)
     offsets = col_base + row * CW
     if VEC_BIAS:
         offsets = tl.multiple_of(offsets, 4)
     bias = tl.load(TABLE + offsets[:, None] + tl.arange(0, RWP)[None, :])
-    return k, v, tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + bias
+    return ka, kb, va, vb, _dot_rows(qa, qb, ka, kb, SPLIT, PRECISION) * qk_scale + bias
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,8 +241,8 @@ def _na2d_fwd_kernel(
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sob, son, soh, sow,
     heads, H, W, D, qk_scale, table_heads,
     KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
-    RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr,
-    PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
+    RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
 ):
     tl.static_assert(RWP >= TW + KS - 1)
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
@@ -202,42 +255,41 @@ def _na2d_fwd_kernel(
     n = pid_bh % heads
     i_first, j0 = _tile_origin(TR * TH, W, TW)
     kc_load, col0 = _key_columns(j0, W, KS, RWP, TW)
-    d = tl.arange(0, DP)
-    d_ok = d < D
     k_base = K + b * skb + n * skn                                  # scalar bases, int32 offsets
     v_base = V + b * svb + n * svn
-    k_off = kc_load[:, None] * skw + d[None, :]
-    v_off = kc_load[:, None] * svw + d[None, :]
+    k_rows = kc_load * skw
+    v_rows = kc_load * svw
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
                                                               VEC_BIAS)
-        q_mask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
+        qa, qb = _load_head(Q + b * sqb + n * sqn, qi * sqh + qj * sqw, q_ok, D, True, DA, DB, SPLIT, EVEN_D)
         m_i = tl.full([TH * TW], -1.0e30, tl.float32)
         l_i = tl.zeros([TH * TW], tl.float32)
-        acc = tl.zeros([TH * TW, DP], tl.float32)
+        acc_a = tl.zeros([TH * TW, DA], tl.float32)
+        acc_b = tl.zeros([TH * TW, DB], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):
-            k0, v0, s0 = _key_row(q, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE,
-                                  qk_scale, d_ok, KS, CW, RWP, EVEN_D, PRECISION, VEC_BIAS)
+            _, _, va0, vb0, s0 = _key_row(qa, qb, k_base, v_base, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base,
+                                          TABLE, qk_scale, D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
             m_new = tl.maximum(m_i, tl.max(s0, 1))
             if ROWS == 2:  # the next row past r_hi is outside every window
-                k1, v1, s1 = _key_row(q, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base,
-                                      TABLE, qk_scale, d_ok, KS, CW, RWP, EVEN_D, PRECISION, VEC_BIAS)
+                _, _, va1, vb1, s1 = _key_row(qa, qb, k_base, v_base, k_rows, v_rows, kr + 1, H, skh, svh, qi, si,
+                                              col_base, TABLE, qk_scale, D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D,
+                                              PRECISION, VEC_BIAS)
                 m_new = tl.maximum(m_new, tl.max(s1, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s0 - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v0.dtype), v0, acc * alpha[:, None], input_precision=PRECISION)
+            acc_a, acc_b = _dot_acc(p, va0, vb0, acc_a * alpha[:, None], acc_b * alpha[:, None], SPLIT, PRECISION)
             if ROWS == 2:
                 p = tl.exp2(s1 - m_new[:, None])
                 l_i += tl.sum(p, 1)
-                acc = tl.dot(p.to(v1.dtype), v1, acc, input_precision=PRECISION)
+                acc_a, acc_b = _dot_acc(p, va1, vb1, acc_a, acc_b, SPLIT, PRECISION)
             m_i = m_new
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
-        tl.store(O + b * sob + n * son + qi[:, None] * soh + qj[:, None] * sow + d[None, :],
-                 (acc / l_i[:, None]).to(O.dtype.element_ty), mask=q_mask)
+        _store_head(O + b * sob + n * son, qi * soh + qj * sow, q_ok, acc_a / l_i[:, None], acc_b / l_i[:, None], D,
+                    DA, DB, SPLIT)
         tl.store(LSE + (pid_bh.to(tl.int64) * H + qi) * W + qj, m_i + tl.log2(l_i), mask=q_ok)
 
 
@@ -246,24 +298,24 @@ def _na2d_fwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dq_key_row(dq, q, do, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, lse, delta,
-                d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
+def _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE,
+                qk_scale, lse, delta, D, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
                 KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, EVEN_D: tl.constexpr,
-                PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
-    """One key row of the dq walk: returns ``dq + ds @ k`` ``[M, DP]``; stores this row's d_rpb partials."""
-    k, v, s = _key_row(q, K, V, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, d_ok,
-                       KS, CW, RWP, EVEN_D, PRECISION, VEC_BIAS)
+                BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
+    """One key row of the dq walk: returns ``dq + ds @ k`` (``[M, D]`` in parts); stores this row's d_rpb
+    partials."""
+    ka, kb, va, vb, s = _key_row(qa, qb, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
+                                 D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
     p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
-    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-    ds = p * (dp - delta[:, None])
+    ds = p * (_dot_rows(do_a, do_b, va, vb, SPLIT, PRECISION) - delta[:, None])
     if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of this key row
         y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, BP]
         y = tl.sum(tl.reshape(y, (TW, TH, BP)), axis=0)                                # [TH, BP]
         a = kr - row_si                                                                 # window row
         tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * NBC + c[None, :], y,
                  mask=(row_ok & (a >= 0) & (a < KS))[:, None] & (c < NBC)[None, :])
-    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    return _dot_acc(ds, ka, kb, dq_a, dq_b, SPLIT, PRECISION)
 
 
 @triton.jit
@@ -273,8 +325,9 @@ def _na2d_bwd_dq_kernel(
     sob, son, soh, sow, sdb, sdn, sdh, sdw, sgb, sgn, sgh, sgw,
     heads, H, W, D, qk_scale, scale, table_heads,
     KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-    ROWS: tl.constexpr, RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, BP: tl.constexpr,
-    NBC: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
+    ROWS: tl.constexpr, RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+    SPLIT: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
 ):
     tl.static_assert(RWP >= TW + KS - 1)
     tl.static_assert((BP >= NBC) & (NBC >= 2 * KS - 1))
@@ -290,12 +343,10 @@ def _na2d_bwd_dq_kernel(
     n = pid_bh % heads
     i_first, j0 = _tile_origin(TR * TH, W, TW)
     kc_load, col0 = _key_columns(j0, W, KS, RWP, TW)
-    d = tl.arange(0, DP)
-    d_ok = d < D
     k_base = K + b * skb + n * skn
     v_base = V + b * svb + n * svn
-    k_off = kc_load[:, None] * skw + d[None, :]
-    v_off = kc_load[:, None] * svw + d[None, :]
+    k_rows = kc_load * skw
+    v_rows = kc_load * svw
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
 
     # d_rpb: bias column c of query column qj sits at column g_idx[m, c] of a key row.
@@ -311,12 +362,12 @@ def _na2d_bwd_dq_kernel(
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
                                                               VEC_BIAS)
-        q_mask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + n * sqn + qi[:, None] * sqh + qj[:, None] * sqw + d[None, :], mask=q_mask, other=0.0)
-        o = tl.load(O + b * sob + n * son + qi[:, None] * soh + qj[:, None] * sow + d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + b * sdb + n * sdn + qi[:, None] * sdh + qj[:, None] * sdw + d[None, :], mask=q_mask,
-                     other=0.0)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        qa, qb = _load_head(Q + b * sqb + n * sqn, qi * sqh + qj * sqw, q_ok, D, True, DA, DB, SPLIT, EVEN_D)
+        oa, ob = _load_head(O + b * sob + n * son, qi * soh + qj * sow, q_ok, D, True, DA, DB, SPLIT, EVEN_D)
+        do_a, do_b = _load_head(DO + b * sdb + n * sdn, qi * sdh + qj * sdw, q_ok, D, True, DA, DB, SPLIT, EVEN_D)
+        delta = tl.sum(do_a.to(tl.float32) * oa.to(tl.float32), 1)
+        if SPLIT:
+            delta += tl.sum(do_b.to(tl.float32) * ob.to(tl.float32), 1)
         stat = (pid_bh.to(tl.int64) * H + qi) * W + qj
         tl.store(DELTA + stat, delta, mask=q_ok)
         lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
@@ -330,17 +381,19 @@ def _na2d_bwd_dq_kernel(
                 a = r - (row_si - row_t + (KS - 1))                                         # window row
                 tl.store(DRPB + (part + r)[:, None] * NBC + c[None, :], tl.zeros([TH, BP], tl.float32),
                          mask=(row_ok & ((a < 0) | (a >= KS)))[:, None] & (c < NBC)[None, :])
-        dq = tl.zeros([TH * TW, DP], tl.float32)
+        dq_a = tl.zeros([TH * TW, DA], tl.float32)
+        dq_b = tl.zeros([TH * TW, DB], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):
-            dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr, H, skh, svh, qi, si, col_base, TABLE,
-                             qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
-                             KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
+            dq_a, dq_b = _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_rows, v_rows, kr, H, skh, svh,
+                                     qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_idx, g_ok, row_t, row_si,
+                                     row_ok, part, c, DRPB, KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, DA, DB, SPLIT,
+                                     EVEN_D, PRECISION, VEC_BIAS)
             if ROWS == 2:  # the next row past r_hi is outside every window: ds = 0, nothing stored
-                dq = _dq_key_row(dq, q, do, k_base, v_base, k_off, v_off, kr + 1, H, skh, svh, qi, si, col_base,
-                                 TABLE, qk_scale, lse, delta, d_ok, g_idx, g_ok, row_t, row_si, row_ok, part, c,
-                                 DRPB, KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, EVEN_D, PRECISION, VEC_BIAS)
-        tl.store(DQ + b * sgb + n * sgn + qi[:, None] * sgh + qj[:, None] * sgw + d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+                dq_a, dq_b = _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_rows, v_rows, kr + 1, H,
+                                         skh, svh, qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_idx, g_ok,
+                                         row_t, row_si, row_ok, part, c, DRPB, KS, CW, RWP, TH, TW, BP, NBC,
+                                         RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
+        _store_head(DQ + b * sgb + n * sgn, qi * sgh + qj * sgw, q_ok, dq_a * scale, dq_b * scale, D, DA, DB, SPLIT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,20 +401,21 @@ def _na2d_bwd_dq_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dkdv_query_chunk(dk, dv, k, v, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw,
-                      kr, kc, k_ok, table_head, TABLE, qk_scale, d, d_ok,
-                      KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr,
-                      EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
+def _dkdv_query_chunk(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c, w,
+                      H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
+                      KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr, DA: tl.constexpr,
+                      DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
     """Step ``it`` of the dk/dv walk (query row ``lo_r + it // n_cc``, chunk ``it % n_cc`` of the query
-    columns; steps past ``n_it`` are all ``-inf``): returns ``(dk + ds @ q, dv + p @ dO)``."""
+    columns; steps past ``n_it`` are all ``-inf``): returns ``dk + ds @ q`` and ``dv + p @ dO``, each
+    in its two parts."""
     it_ok = it < n_it
     it = tl.minimum(it, n_it - 1)
     qi = lo_r + it // n_cc
     qc = lo_c + (it % n_cc) * QWP + w
     qc_ok = (qc <= hi_c) & it_ok
     qc_in = tl.minimum(qc, hi_c)                                    # past the band: loaded, masked out
-    q = _load_rows(Q + qi * sqh, qc_in[:, None] * sqw + d[None, :], d_ok, EVEN_D)
-    do = _load_rows(DO + qi * sdh, qc_in[:, None] * sdw + d[None, :], d_ok, EVEN_D)
+    qa, qb = _load_head(Q + qi * sqh, qc_in * sqw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
+    do_a, do_b = _load_head(DO + qi * sdh, qc_in * sdw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
     lse = tl.load(LSE + qi * W + qc_in)
     delta = tl.load(DELTA + qi * W + qc_in)
     # The table: rows from the keys (relative to query row qi), slabs and columns from the queries.
@@ -370,12 +424,12 @@ def _dkdv_query_chunk(dk, dv, k, v, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_
     slab = tl.where(qc_ok, _window_start(qc, W, KS) - qc + (KS - 1), KS)
     col = tl.where(qc_ok, CO + (KS - 1) - qc, CO - lo_c)             # the -inf slab: kc - lo_c < CW - CO
     bias = tl.load(TABLE + (table_head + row * CW + kc)[:, None] + (slab * (2 * KS * CW) + col)[None, :])
-    s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + bias                 # [keys, queries]
+    s = _dot_rows(ka, kb, qa, qb, SPLIT, PRECISION) * qk_scale + bias                      # [keys, queries]
     p = tl.exp2(s - lse[None, :])
-    dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-    ds = p * (dp - delta[None, :])
-    return (tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION),
-            tl.dot(p.to(do.dtype), do, dv, input_precision=PRECISION))
+    ds = p * (_dot_rows(va, vb, do_a, do_b, SPLIT, PRECISION) - delta[None, :])
+    dk_a, dk_b = _dot_acc(ds, qa, qb, dk_a, dk_b, SPLIT, PRECISION)
+    dv_a, dv_b = _dot_acc(p, do_a, do_b, dv_a, dv_b, SPLIT, PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
 
 
 @triton.jit
@@ -384,8 +438,8 @@ def _na2d_bwd_dkdv_kernel(
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sdb, sdn, sdh, sdw,
     heads, H, W, D, qk_scale, scale, table_heads,
     KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
-    QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DP: tl.constexpr, EVEN_D: tl.constexpr,
-    PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+    QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
@@ -396,8 +450,6 @@ def _na2d_bwd_dkdv_kernel(
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
     r_first, j0 = _tile_origin(TR * TH, W, TW)
-    d = tl.arange(0, DP)
-    d_ok = d < D
     q_base = Q + b * sqb + n * sqn
     do_base = DO + b * sdb + n * sdn
     stats = pid_bh.to(tl.int64) * H * W
@@ -411,24 +463,27 @@ def _na2d_bwd_dkdv_kernel(
     for r0 in range(r_first, tl.minimum(r_first + TR * TH, H), TH):
         kr, kc, k_ok = _tile_pixels(r0, j0, H, W, TH, TW)
         kc = tl.minimum(kc, W - 1)
-        k_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + n * skn + kr[:, None] * skh + kc[:, None] * skw + d[None, :], mask=k_mask, other=0.0)
-        v = tl.load(V + b * svb + n * svn + kr[:, None] * svh + kc[:, None] * svw + d[None, :], mask=k_mask, other=0.0)
+        ka, kb = _load_head(K + b * skb + n * skn, kr * skh + kc * skw, k_ok, D, True, DA, DB, SPLIT, EVEN_D)
+        va, vb = _load_head(V + b * svb + n * svn, kr * svh + kc * svw, k_ok, D, True, DA, DB, SPLIT, EVEN_D)
         lo_r = _query_lo(r0, KS)                                    # query rows whose windows hold a key row
         n_it = (_query_hi(tl.minimum(r0 + TH, H) - 1, H, KS) - lo_r + 1) * n_cc
-        dk = tl.zeros([TH * TW, DP], tl.float32)
-        dv = tl.zeros([TH * TW, DP], tl.float32)
+        dk_a = tl.zeros([TH * TW, DA], tl.float32)
+        dv_a = tl.zeros([TH * TW, DA], tl.float32)
+        dk_b = tl.zeros([TH * TW, DB], tl.float32)
+        dv_b = tl.zeros([TH * TW, DB], tl.float32)
         for it in range(0, n_it, ROWS):
-            dk, dv = _dkdv_query_chunk(dk, dv, k, v, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
-                                       lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head,
-                                       TABLE, qk_scale, d, d_ok, KS, CO, CW, QWP, EVEN_D, PRECISION)
+            dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunk(
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
+                lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
+                KS, CO, CW, QWP, DA, DB, SPLIT, EVEN_D, PRECISION)
             if ROWS == 2:
-                dk, dv = _dkdv_query_chunk(dk, dv, k, v, q_base, do_base, LSE + stats, DELTA + stats, it + 1, n_it,
-                                           n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok,
-                                           table_head, TABLE, qk_scale, d, d_ok, KS, CO, CW, QWP, EVEN_D, PRECISION)
-        out = ((pid_bh.to(tl.int64) * H + kr[:, None]) * W + kc[:, None]) * D + d[None, :]   # dk, dv: contiguous
-        tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=k_mask)
-        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=k_mask)
+                dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunk(
+                    dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats, it + 1,
+                    n_it, n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE,
+                    qk_scale, D, KS, CO, CW, QWP, DA, DB, SPLIT, EVEN_D, PRECISION)
+        rows = ((pid_bh.to(tl.int64) * H + kr) * W + kc) * D                                # dk, dv: contiguous
+        _store_head(DK, rows, k_ok, dk_a * scale, dk_b * scale, D, DA, DB, SPLIT)
+        _store_head(DV, rows, k_ok, dv_a, dv_b, D, DA, DB, SPLIT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,6 +510,23 @@ def key_run(tile_width: int, kernel_size: int) -> int:
     """Pixels per key row of a query tile ``tile_width`` wide: ``pow2(TW + K - 1)`` (also the dk/dv
     kernel's run of query columns per key tile)."""
     return _pow2(tile_width + kernel_size - 1)
+
+
+class HeadParts(NamedTuple):
+    """A head_dim row as powers of two for ``tl.dot``: ``a`` columns, then ``b`` more (0: one part)."""
+
+    a: int
+    b: int
+
+
+def head_parts(head_dim: int) -> HeadParts:
+    """One power of two, or two where that pads less: 36 → 32 + 16 instead of 64 (SegMAN-S's head
+    dim at stages 2-3, SegMAN-T's and -L's at stage 3); 20 → 32, as two parts would be 16 + 16."""
+    whole = _pow2(head_dim)
+    a = whole // 2
+    if 16 <= a < head_dim and a + _pow2(head_dim - a) < whole:
+        return HeadParts(a, _pow2(head_dim - a))
+    return HeadParts(whole, 0)
 
 
 class Geometry(NamedTuple):
@@ -487,11 +559,11 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
     share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
-    pipeline stage and one partner row per step win almost everywhere; fp32 with a padded head_dim
+    pipeline stage and one partner row per step win almost everywhere; fp32 with a (padded) head_dim
     of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8.  Where a
     tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score
     (K + 7)·16 keys per query instead of (K + 3)·32."""
-    dp = _pow2(head_dim)
+    dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     tiles = [Tile(4, 2, 1, warps), Tile(4, 4, 1, warps), Tile(2, 4, 1, warps // 2), Tile(4, 2, 2, warps)]
     if key_run(8, kernel_size) < key_run(MAX_TW, kernel_size):
@@ -648,11 +720,17 @@ def _vector_bias(dtype: torch.dtype) -> bool:
 
 def _launch_args(tile: Tile, kernel_size: int, q: torch.Tensor, *others: torch.Tensor) -> dict:
     """Compile-time arguments shared by the three kernels; ``others``: the other strided inputs."""
-    head_dim = q.shape[-1]
     geo = geometry(kernel_size)
     return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                DP=_pow2(head_dim), EVEN_D=head_dim == _pow2(head_dim), PRECISION=_precision(q.dtype),
-                ALIGN=_stride_align(q, *others), num_warps=tile.num_warps, num_stages=tile.num_stages)
+                **head_args(q.shape[-1]), PRECISION=_precision(q.dtype), ALIGN=_stride_align(q, *others),
+                num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def head_args(head_dim: int) -> dict:
+    """The kernels' head-dim constants: parts ``DA`` and ``DB`` (a placeholder 16 without ``SPLIT``),
+    and ``EVEN_D``: whether the last part is full."""
+    parts = head_parts(head_dim)
+    return dict(DA=parts.a, DB=parts.b or 16, SPLIT=parts.b > 0, EVEN_D=head_dim == sum(parts))
 
 
 def _forward(q, k, v, table, kernel_size: int, scale: float):
