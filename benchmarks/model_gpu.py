@@ -7,7 +7,9 @@ backend).  Each configuration runs under ``segman.ops.force_backend``:
 * ``auto``: ``backend=None`` everywhere (the fastest registered backend per op: triton NA,
   cuda or triton scan, triton cross-scan);
 * ``NA torch``: neighborhood attention on the torch reference, the rest automatic;
-* ``all torch``: every op on its torch reference (what runs without our GPU kernels).
+* ``all torch``: every op on its torch reference (what runs without our GPU kernels);
+* ``auto, CUDA graph`` (with ``--cuda-graph``): ``auto`` with the encoder's ``cuda_graph`` option,
+  its forward and backward replayed from CUDA graphs (the decoder and loss stay eager).
 
 Printed per (variant, precision, backend): median step ms over ``--steps`` timed steps after
 ``--warmup`` steps, images/s, and peak allocated GPU memory.  ``bf16`` runs the step under
@@ -17,7 +19,7 @@ Printed per (variant, precision, backend): median step ms over ``--steps`` timed
 kernels with the most self CUDA time).
 
 Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions bf16 fp32]
-       [--backends auto "NA torch" "all torch"] [--profile] [--cudnn-benchmark]
+       [--backends auto "NA torch" "all torch"] [--cuda-graph] [--profile] [--cudnn-benchmark]
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cuda-graph", action="store_true", help="also time auto with the encoder's cuda_graph")
     parser.add_argument("--profile", action="store_true", help="kernel breakdown of one auto step instead")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True (what the segmentation configs set)")
@@ -93,22 +96,26 @@ def main(argv=None) -> None:
           f"cudnn.benchmark {args.cudnn_benchmark}")
     print("| model | precision | backends | step ms | images/s | peak GiB |")
     print("|---|---|---|---:|---:|---:|")
+    runs = [(bname, False) for bname in args.backends] + ([("auto", True)] if args.cuda_graph else [])
     for variant in args.variants:
-        model = SegMAN(variant, num_classes=150).cuda().train()
         for pname in args.precisions:
-            for bname in args.backends:
+            for bname, graphed in runs:
+                label = f"{bname}, CUDA graph" if graphed else bname
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+                # a fresh model per row: a captured graph belongs to one precision
+                model = SegMAN(variant, num_classes=150, cuda_graph=graphed).cuda().train()
                 try:
                     with force_backend(BACKENDS[bname]):
                         ms = step_ms(model, img, target, PRECISIONS[pname], args.warmup, args.steps)
                 except torch.OutOfMemoryError:
-                    print(f"| SegMAN-{variant.upper()} | {pname} | {bname} | out of memory | | |", flush=True)
+                    print(f"| SegMAN-{variant.upper()} | {pname} | {label} | out of memory | | |", flush=True)
                     continue
+                finally:
+                    del model
                 peak = torch.cuda.max_memory_allocated() / 2 ** 30
-                print(f"| SegMAN-{variant.upper()} | {pname} | {bname} | {ms:.1f} | {args.batch / ms * 1e3:.1f} "
+                print(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {args.batch / ms * 1e3:.1f} "
                       f"| {peak:.2f} |", flush=True)
-        del model
 
 
 def profile(args, img: torch.Tensor, target: torch.Tensor) -> None:

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
 from segman.models import CheckpointError, load_checkpoint_file
+from segman.models.cuda_graph import check_single_process
 
 import timm_compat
 from imagefolder import check_image_folder, create_eval_loader
@@ -83,6 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--model", default="SegMANEncoder_t", help="timm name: SegMANEncoder_{t,s,b,l}")
     group.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: the variant's)")
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
+    group.add_argument("--cuda-graph", action="store_true",
+                       help="replay the model's training forward and backward from CUDA graphs (one GPU, fixed batch shape)")
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--batch-size", "-b", type=int, default=None, help="images per GPU (default: the variant's)")
@@ -243,7 +246,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    model = timm.create_model(args.model, num_classes=args.num_classes, drop_path_rate=args.drop_path)
+    if args.cuda_graph:
+        check_single_process()
+        if device.type != "cuda":
+            log(f"warning: --cuda-graph needs a GPU; training on {device.type} runs eagerly")
+    model = timm.create_model(args.model, num_classes=args.num_classes, drop_path_rate=args.drop_path,
+                              cuda_graph=args.cuda_graph)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)

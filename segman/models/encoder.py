@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from segman.ops import neighborhood_attention_2d
 
 from .checkpoint import checkpoint_filter_fn
+from .cuda_graph import TrainingGraph
 from .layers import VSSM, ConvFFN, LayerScale, RoPE2d, apply_rope
 
 __all__ = ["SegMANEncoder", "VARIANTS", "segman_encoder", "variant_config"]
@@ -150,7 +151,7 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, global_mode: bool = False,
                  global_rpb_tokens: int = 49, drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d) -> None:
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d, cuda_graph: bool = False) -> None:
         super().__init__()
         self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = norm_layer(dim)
@@ -236,6 +237,9 @@ class SegMANEncoder(nn.Module):
         use_checkpoint: per stage, how many leading blocks use gradient checkpointing.
         backbone: build the segmentation form: no classifier, ``forward`` returns four maps.
         norm_layer: the blocks' norm (LayerNorm2d, eps 1e-6).
+        cuda_graph: in training on a GPU, replay forward and backward from CUDA graphs captured
+            on the first step (:mod:`segman.models.cuda_graph`: removes the host work that bounds
+            small-batch training; input shape fixed; one forward per backward).
     """
 
     def __init__(self, embed_dims: Sequence[int] = (32, 64, 144, 192), depths: Sequence[int] = (2, 2, 4, 2),
@@ -243,7 +247,7 @@ class SegMANEncoder(nn.Module):
                  mlp_ratios: Sequence[float] = (4, 4, 3, 3), layer_scale_init_value: Optional[float] = None,
                  num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0, image_size: int = 224,
                  head_hidden_size: int = 1024, use_checkpoint: Sequence[int] = (0, 0, 0, 0), backbone: bool = False,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d) -> None:
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d, cuda_graph: bool = False) -> None:
         super().__init__()
         per_stage = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_sizes=window_sizes,
                          mlp_ratios=mlp_ratios, use_checkpoint=use_checkpoint)
@@ -257,6 +261,7 @@ class SegMANEncoder(nn.Module):
         self.num_classes = 0 if backbone else num_classes
         self.num_features = embed_dims[-1]
         self.head_hidden_size = head_hidden_size
+        self.training_graph = TrainingGraph(self, self._forward_eager) if cuda_graph else None
         global_rpb_tokens = (image_size // 32) ** 2
 
         stem = embed_dims[0]
@@ -369,6 +374,11 @@ class SegMANEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Backbone form: the four stage maps; classification form: ``(B, num_classes)`` logits."""
+        if self.training_graph is not None:
+            return self.training_graph(x)
+        return self._forward_eager(x)
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.backbone:
             return self.forward_pyramid(x)
         return self.forward_head(self.forward_features(x))

@@ -24,6 +24,7 @@ from mmcv.runner import get_dist_info, init_dist
 from mmcv.utils import Config, DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
+from segman.models.cuda_graph import check_single_process
 from segman_mmseg.config_checks import check_config, report_batch_size
 
 
@@ -40,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--diff-seed", action="store_true", help="a different seed on each rank")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN")
     parser.add_argument("--drop-path", type=float, default=None, help="backbone drop-path rate (overrides the config)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay the backbone's forward and backward from CUDA graphs (single-GPU "
+                             "training; SegMAN-S steps 2.6x faster at 4 crops, see README)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override config keys, e.g. data.samples_per_gpu=2 runner.max_iters=1000")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -62,6 +66,8 @@ def main() -> None:
         cfg.merge_from_dict(args.cfg_options)
     if args.drop_path is not None:
         cfg.model.backbone.drop_path_rate = args.drop_path
+    if args.cuda_graph:
+        cfg.model.backbone.cuda_graph = True
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "work_dirs", osp.splitext(osp.basename(args.config))[0])
     if args.load_from:
@@ -79,6 +85,8 @@ def main() -> None:
     if distributed:
         init_dist(args.launcher, **cfg.dist_params)
         cfg.gpu_ids = list(range(get_dist_info()[1]))
+    if args.cuda_graph:
+        check_single_process()
     check_config(cfg, training=True)
 
     mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
@@ -90,6 +98,8 @@ def main() -> None:
     env_info = "\n".join(f"{k}: {v}" for k, v in collect_env().items())
     logger.info("Environment info:\n" + env_info)
     logger.info(f"Distributed training: {distributed}")
+    if args.cuda_graph and not torch.cuda.is_available():
+        logger.warning("--cuda-graph needs a GPU; training on the CPU runs eagerly")
     logger.info(f"Config:\n{cfg.pretty_text}")
     report_batch_size(cfg, world_size=get_dist_info()[1] if distributed else 1, logger=logger)
 

@@ -36,7 +36,8 @@ def test_shared_defaults_and_overrides():
     args = train.parse_args(["--data-dir", "x", "--model", "SegMANEncoder_s", "--no-amp", "-b", "64", "--drop-path",
                              "0.1"])
     train.apply_recipe(args)
-    assert (args.batch_size, args.drop_path, args.amp) == (64, 0.1, False)
+    assert (args.batch_size, args.drop_path, args.amp, args.cuda_graph) == (64, 0.1, False, False)
+    assert train.parse_args(["--data-dir", "x", "--cuda-graph"]).cuda_graph
     assert (args.epochs, args.cooldown_epochs, args.warmup_epochs) == (300, 10, 5)
     assert (args.warmup_lr, args.min_lr, args.weight_decay, args.clip_grad) == (1e-6, 1e-5, 0.05, 5.0)
     mixup = (args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.mixup_mode, args.smoothing)

@@ -1,4 +1,5 @@
 """SegMANEncoder: layout and parameter counts of every variant (SPEC §1.2, §1.13), behaviour on tiny inputs."""
+import copy
 import io
 
 import pytest
@@ -8,6 +9,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from segman.models import SegMANEncoder, segman_encoder
+from segman.models.cuda_graph import check_single_process
 
 from model_testing import TINY, TINY_INPUT, meta_encoder, shapes
 
@@ -281,6 +283,29 @@ class TestTrainEval:
         assert [s.checkpoint_blocks for s in ckpt.layers[::2]] == [0, 0, 0, 0]
         ckpt.set_grad_checkpointing()
         assert [s.checkpoint_blocks for s in ckpt.layers[::2]] == [1, 2, 1, 1]
+
+    def test_cuda_graph_option_off_the_gpu(self):
+        """``cuda_graph`` adds no state and, on CPU, runs the eager forward (the GPU side is in
+        test_cuda_graph_gpu.py); copies of the model carry their own, uncaptured, graph."""
+        torch.manual_seed(0)
+        plain = SegMANEncoder(**TINY, backbone=True)
+        graphed = SegMANEncoder(**TINY, backbone=True, cuda_graph=True)
+        graphed.load_state_dict(plain.state_dict(), strict=True)
+        assert list(graphed.state_dict()) == list(plain.state_dict())
+        assert [n for n, _ in graphed.named_modules()] == [n for n, _ in plain.named_modules()]
+        x = torch.randn(2, 3, TINY_INPUT, TINY_INPUT)
+        for a, b in zip(graphed.train()(x), plain.train()(x)):
+            assert torch.equal(a, b)
+        assert not graphed.training_graph.captured
+        twin = copy.deepcopy(graphed)
+        assert twin.training_graph._owner is twin and twin.training_graph is not graphed.training_graph
+
+
+def test_cuda_graph_refuses_distributed_runs(monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    with pytest.raises(RuntimeError, match="single-GPU training only.*drop --cuda-graph"):
+        check_single_process()
 
 
 class TestErrors:

@@ -17,9 +17,10 @@ def _data_options(root) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(toy_root, tmp_path_factory):
-    """Two training iterations with evaluation at the end and a checkpoint per iteration."""
+    """Two training iterations with evaluation at the end and a checkpoint per iteration (with
+    ``--cuda-graph``, which on the CPU says so and trains eagerly)."""
     work = tmp_path_factory.mktemp("train")
-    proc = run_tool("train.py", TOY, "--work-dir", str(work), "--seed", "0", "--cfg-options",
+    proc = run_tool("train.py", TOY, "--work-dir", str(work), "--seed", "0", "--cuda-graph", "--cfg-options",
                     *_data_options(toy_root), "runner.max_iters=2", "checkpoint_config.interval=1",
                     "evaluation.interval=2", "lr_config.warmup_iters=1")
     return work, proc
@@ -35,6 +36,7 @@ def test_train_saves_checkpoints_config_and_logs(trained):
     assert [e["iter"] for e in entries if e.get("mode") == "train"] == [1, 2]
     assert any("mIoU" in e for e in entries)                # evaluated during training
     assert "total batch size: 2 (1 process(es) × 2 samples)" in proc.stderr + proc.stdout
+    assert "--cuda-graph needs a GPU; training on the CPU runs eagerly" in proc.stderr + proc.stdout
 
 
 def test_test_tool_reports_miou(trained, toy_root):

@@ -1,0 +1,116 @@
+"""The encoder's ``cuda_graph`` option (``segman/models/cuda_graph.py``) on CUDA: training steps replayed
+from CUDA graphs give the eager steps' outputs and gradients, see in-place optimizer updates, keep
+accumulated gradients, and fall back to eager calls (eval, no grad, another input shape).  Skipped
+without CUDA."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from segman.models import segman_encoder
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+
+SHAPE = (2, 3, 224, 256)
+
+
+@pytest.fixture(autouse=True)
+def _default_tiles(monkeypatch):
+    monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "0")  # no autotuning: quick, and no timing-dependent tiles
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """An eager SegMAN-T backbone and a graphed copy with the same weights (fp32, TF32 off)."""
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    eager = segman_encoder("t", backbone=True).cuda().train()
+    graphed = segman_encoder("t", backbone=True, cuda_graph=True).cuda().train()
+    graphed.load_state_dict(eager.state_dict(), strict=True)
+    weights = [torch.randn(SHAPE[0], c, SHAPE[2] // s, SHAPE[3] // s, device="cuda")
+               for c, s in zip(eager.embed_dims, (4, 8, 16, 32))]
+    yield eager, graphed, weights
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+def _loss(features, weights):
+    return sum((f.float() * w).mean() for f, w in zip(features, weights))
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def _grads(model):
+    return [(name, p.grad.clone()) for name, p in model.named_parameters() if p.grad is not None]
+
+
+def test_steps_match_eager_with_sgd_updates_and_accumulation(pair):
+    eager, graphed, weights = pair
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed)]
+    for step in range(3):
+        img = torch.randn(SHAPE, device="cuda")
+        outs = []
+        for model, opt in zip((eager, graphed), opts):
+            opt.zero_grad(set_to_none=step != 1)  # step 1 zeroes in place: graphs must not alias .grad
+            out = model(img)
+            outs.append([o.detach().clone() for o in out])  # the next replay overwrites graphed outputs
+            _loss(out, weights).backward()
+            if step == 2:  # a second micro-batch accumulates into the same gradients
+                _loss(model(img.flip(-1)), weights).backward()
+        assert graphed.training_graph.captured
+        for i, (a, b) in enumerate(zip(outs[1], outs[0])):
+            assert _rel(a, b) < 1e-5, f"step {step}: output {i} differs by {_rel(a, b):.2e}"
+        assert [n for n, _ in _grads(graphed)] == [n for n, _ in _grads(eager)]
+        for (name, a), (_, b) in zip(_grads(graphed), _grads(eager)):
+            # conv biases in front of BatchNorm have zero gradient, up to rounding (~1e-7)
+            assert _rel(a, b) < 1e-5 or (a - b).abs().max() < 1e-6, f"step {step}: gradient of {name} differs"
+        for opt in opts:
+            opt.step()  # in place: the graph reads the updated parameters on the next replay
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        assert _rel(a.detach(), b.detach()) < 1e-5 or (a - b).abs().max() < 1e-6
+
+
+def test_eval_no_grad_and_other_shapes_run_eagerly(pair):
+    eager, graphed, _ = pair
+    img = torch.randn(SHAPE, device="cuda")
+    for model in (eager, graphed):  # captures (if the other test did not run first); same BatchNorm updates
+        model(img)
+    eager.eval(), graphed.eval()
+    with torch.no_grad():
+        for a, b in zip(graphed(img), eager(img)):
+            assert _rel(a, b) < 1e-5, "eval: BatchNorm statistics differ"
+    eager.train(), graphed.train()
+    with torch.no_grad():
+        for a, b in zip(graphed(img), eager(img)):
+            assert _rel(a, b) < 1e-5
+    other = torch.randn(1, 3, 256, 224, device="cuda")
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        out = graphed(other)
+    assert [o.shape for o in out] == [o.shape for o in eager(other)]
+
+
+def test_autocast_with_weight_cache_and_copies():
+    torch.manual_seed(1)
+    model = segman_encoder("t", backbone=True, cuda_graph=True).cuda().train()
+    twin = copy.deepcopy(model)  # a copy (e.g. an EMA model) starts uncaptured and graphs itself
+    img = torch.randn(SHAPE, device="cuda")
+    for m in (model, twin):
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=torch.bfloat16):  # cache_enabled=True, the default
+                out = m(img)
+            assert out[0].dtype == torch.bfloat16
+            sum(o.float().mean() for o in out).backward()
+        assert m.training_graph.captured
+    assert twin.training_graph._owner is twin
+    reference = copy.deepcopy(model)
+    reference.training_graph = None
+    reference.zero_grad(set_to_none=True), model.zero_grad(set_to_none=True)
+    for m in (model, reference):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            sum(o.float().mean() for o in m(img)).backward()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert _rel(a.grad, b.grad) < 2e-2
