@@ -10,7 +10,8 @@ afterwards; everything else (eval mode, CPU, no grad, another input shape) runs 
 Rules that come with graphs (checked where they can be):
 
 * one forward per backward: a replay overwrites the outputs and saved activations of the previous
-  one, so a second forward before the first's backward would corrupt its gradients;
+  one, so backpropagating through a replay after a later one has run would give wrong gradients;
+  :class:`_ReplayGuard` turns that into an error;
 * the graphed outputs live in static memory that the next training step overwrites;
 * parameters are read in place: optimizers that update them in place (all of torch's) are fine,
   replacing a parameter tensor after the capture is not;
@@ -63,13 +64,15 @@ class TrainingGraph:
         self._graphed: Optional[Callable[[torch.Tensor], Any]] = None
         self._key: Optional[tuple] = None
         self._warned: set = set()
+        self._guard = _ReplayGuard()
 
     @property
     def captured(self) -> bool:
         return self._graphed is not None
 
     def __getstate__(self) -> dict:  # copies (EMA models, pickling) start uncaptured
-        return {"_owner": self._owner, "_forward": self._forward, "_graphed": None, "_key": None, "_warned": set()}
+        return {"_owner": self._owner, "_forward": self._forward, "_graphed": None, "_key": None, "_warned": set(),
+                "_guard": _ReplayGuard()}
 
     def __call__(self, x: torch.Tensor) -> Any:
         if not self._applies(x):
@@ -84,7 +87,7 @@ class TrainingGraph:
                               f"{_describe(key)} and runs eagerly (slower). Keep training crops one size "
                               f"(mmseg pads them to crop_size) or turn cuda_graph off.", stacklevel=3)
             return self._forward(x)
-        return self._graphed(x)
+        return self._guard.track(self._graphed(x))
 
     def _applies(self, x: torch.Tensor) -> bool:
         return (self._owner.training and torch.is_grad_enabled() and x.is_cuda and not x.requires_grad
@@ -106,6 +109,29 @@ class TrainingGraph:
         for param in self._owner.parameters():
             if param.requires_grad:
                 param.register_hook(_fresh_copy)
+
+
+class _ReplayGuard:
+    """Counts replays and refuses the backward of one whose outputs a later replay overwrote."""
+
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def track(self, outputs: Any) -> Any:
+        """Registers ``outputs`` (a tensor or a list/tuple of them) as the newest replay's."""
+        self.replays += 1
+        replay = self.replays
+        tensors = [t for t in torch.utils._pytree.tree_leaves(outputs) if t.requires_grad]
+
+        def check(_grad: torch.Tensor) -> None:
+            if self.replays != replay:
+                raise RuntimeError(f"backward through the outputs of CUDA-graph replay {replay} after replay "
+                                   f"{self.replays} overwrote them: with cuda_graph, run each training forward's "
+                                   f"backward before the next training forward")
+
+        if tensors:
+            torch.autograd.graph.register_multi_grad_hook(tensors, check, mode="any")
+        return outputs
 
 
 def check_single_process() -> None:

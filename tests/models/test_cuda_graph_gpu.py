@@ -114,3 +114,14 @@ def test_autocast_with_weight_cache_and_copies():
             sum(o.float().mean() for o in m(img)).backward()
     for a, b in zip(model.parameters(), reference.parameters()):
         assert _rel(a.grad, b.grad) < 2e-2
+
+
+def test_backward_through_an_overwritten_replay_is_refused(pair):
+    _, graphed, weights = pair
+    img = torch.randn(SHAPE, device="cuda")
+    first = graphed(img)
+    second = graphed(img)  # overwrites the first replay's outputs and saved activations
+    with pytest.raises(RuntimeError, match="before the next training forward"):
+        _loss(first, weights).backward()
+    _loss(second, weights).backward()
+    assert any(p.grad is not None for p in graphed.parameters())
