@@ -151,7 +151,7 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, global_mode: bool = False,
                  global_rpb_tokens: int = 49, drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d, cuda_graph: bool = False) -> None:
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d) -> None:
         super().__init__()
         self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = norm_layer(dim)
