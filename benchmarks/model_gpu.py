@@ -15,8 +15,10 @@ Printed per (variant, precision, backend): median step ms over ``--steps`` timed
 ``--warmup`` steps, images/s, and peak allocated GPU memory.  ``bf16`` runs the step under
 ``torch.autocast(dtype=torch.bfloat16)``; ``fp32`` is plain fp32 (TF32 off).
 
-``--profile`` instead prints where the GPU time of one ``auto`` step goes (torch.profiler, the
-kernels with the most self CUDA time).
+``--profile`` instead prints where the time of an ``auto`` step goes: the step's wall time against
+the host's (when ``train_step`` returns) and the GPU's busy time and kernel count (a step whose host
+time is close to its wall time is bound by the host), then the kernels with the most self CUDA time
+(torch.profiler).
 
 Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions bf16 fp32]
        [--backends auto "NA torch" "all torch"] [--cuda-graph] [--profile] [--cudnn-benchmark]
@@ -27,6 +29,7 @@ import argparse
 import datetime
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--cuda-graph", action="store_true", help="also time auto with the encoder's cuda_graph")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time auto with the encoder's cuda_graph (with --profile: profile that instead)")
     parser.add_argument("--profile", action="store_true", help="kernel breakdown of one auto step instead")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True (what the segmentation configs set)")
@@ -118,20 +122,53 @@ def main(argv=None) -> None:
                       f"| {peak:.2f} |", flush=True)
 
 
+def host_ms(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dtype, steps: int) -> tuple[float, float]:
+    """Median wall milliseconds of a step started on an idle GPU, and median milliseconds until
+    ``train_step`` returns on the host."""
+    walls, hosts = [], []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_step(model, img, target, dtype)
+        returned = time.perf_counter()
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - start) * 1e3)
+        hosts.append((returned - start) * 1e3)
+    return statistics.median(walls), statistics.median(hosts)
+
+
+def gpu_busy_ms(prof) -> tuple[float, int]:
+    """GPU milliseconds during which some kernel of a profiled step ran, and the number of kernels."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0)
+    busy, lo, hi = 0.0, None, None
+    for start, end in spans:
+        if hi is None or start > hi:
+            busy += 0.0 if hi is None else hi - lo
+            lo, hi = start, end
+        else:
+            hi = max(hi, end)
+    return (busy + (hi - lo if hi is not None else 0.0)) / 1e3, len(spans)
+
+
 def profile(args, img: torch.Tensor, target: torch.Tensor) -> None:
-    """Top kernels by self CUDA time of one automatic-backend step per variant and precision."""
+    """Host against GPU time, then the top kernels by self CUDA time, of the automatic-backend step
+    per variant and precision."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     for variant in args.variants:
-        model = SegMAN(variant, num_classes=150).cuda().train()
+        model = SegMAN(variant, num_classes=150, cuda_graph=args.cuda_graph).cuda().train()
         for pname in args.precisions:
             for _ in range(args.warmup):
                 train_step(model, img, target, PRECISIONS[pname])
-            torch.cuda.synchronize()
+            wall, host = host_ms(model, img, target, PRECISIONS[pname], args.steps)
             with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
                 train_step(model, img, target, PRECISIONS[pname])
                 torch.cuda.synchronize()
-            print(f"# SegMAN-{variant.upper()} {pname}, batch {args.batch} × {args.size}², one step")
+            busy, kernels = gpu_busy_ms(prof)
+            graph = ", encoder in CUDA graphs" if args.cuda_graph else ""
+            print(f"# SegMAN-{variant.upper()} {pname}{graph}, batch {args.batch} × {args.size}²: step {wall:.1f} ms, "
+                  f"train_step returns after {host:.1f} ms (host), GPU busy {busy:.1f} ms in {kernels} kernels")
             print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
