@@ -71,8 +71,10 @@ class TrainingGraph:
         return self._graphed is not None
 
     def __getstate__(self) -> dict:  # copies (EMA models, pickling) start uncaptured
-        return {"_owner": self._owner, "_forward": self._forward, "_graphed": None, "_key": None, "_warned": set(),
-                "_guard": _ReplayGuard()}
+        return {"owner": self._owner, "forward": self._forward}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["owner"], state["forward"])
 
     def __call__(self, x: torch.Tensor) -> Any:
         if not self._applies(x):
