@@ -27,7 +27,7 @@ Rules that come with graphs (checked where they can be):
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ class TrainingGraph:
         self._owner = owner
         self._forward = forward
         self._graphed: Optional[Callable[[torch.Tensor], Any]] = None
-        self._key: Optional[tuple] = None
+        self._key: Optional[GraphKey] = None
         self._warned: set = set()
         self._guard = _ReplayGuard()
 
@@ -79,14 +79,14 @@ class TrainingGraph:
     def __call__(self, x: torch.Tensor) -> Any:
         if not self._applies(x):
             return self._forward(x)
-        key = _graph_key(x)
+        key = GraphKey.of(x)
         if self._graphed is None:
             self._capture(x, key)
         elif key != self._key:
             if key not in self._warned:
                 self._warned.add(key)
-                warnings.warn(f"CUDA graph captured for input {_describe(self._key)}; this call has "
-                              f"{_describe(key)} and runs eagerly (slower). Keep training crops one size "
+                warnings.warn(f"CUDA graph captured for input {self._key}; this call has "
+                              f"{key} and runs eagerly (slower). Keep training crops one size "
                               f"(mmseg pads them to crop_size) or turn cuda_graph off.", stacklevel=3)
             return self._forward(x)
         return self._guard.track(self._graphed(x))
@@ -95,13 +95,12 @@ class TrainingGraph:
         return (self._owner.training and torch.is_grad_enabled() and x.is_cuda and not x.requires_grad
                 and not torch.cuda.is_current_stream_capturing())
 
-    def _capture(self, x: torch.Tensor, key: tuple) -> None:
+    def _capture(self, x: torch.Tensor, key: "GraphKey") -> None:
         check_single_process()
         runner = _Forward(self._owner, self._forward)
-        autocast_on, autocast_dtype = key[3], key[4]
         buffers = [(b, b.clone()) for b in self._owner.buffers()]
         # make_graphed_callables refuses autocast's weight-cast cache (a replay cannot refill it)
-        with torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_on, cache_enabled=False):
+        with torch.autocast("cuda", dtype=key.autocast_dtype, enabled=key.autocast, cache_enabled=False):
             self._graphed = torch.cuda.make_graphed_callables(runner, (x.detach().clone(),),
                                                               allow_unused_input=True)
         with torch.no_grad():
@@ -152,12 +151,20 @@ def _fresh_copy(grad: torch.Tensor) -> torch.Tensor:
     return grad.clone()
 
 
-def _graph_key(x: torch.Tensor) -> tuple:
-    return (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"),
-            torch.get_autocast_dtype("cuda"))
+class GraphKey(NamedTuple):
+    """What a captured graph is valid for: the input's shape, dtype and device, and the autocast state."""
 
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    autocast: bool
+    autocast_dtype: torch.dtype
 
-def _describe(key: tuple) -> str:
-    shape, dtype, device, autocast_on, autocast_dtype = key
-    amp = f"autocast {str(autocast_dtype).replace('torch.', '')}" if autocast_on else "no autocast"
-    return f"shape {list(shape)}, {str(dtype).replace('torch.', '')} on {device}, {amp}"
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "GraphKey":
+        return cls(tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"),
+                   torch.get_autocast_dtype("cuda"))
+
+    def __str__(self) -> str:
+        amp = f"autocast {str(self.autocast_dtype).replace('torch.', '')}" if self.autocast else "no autocast"
+        return f"shape {list(self.shape)}, {str(self.dtype).replace('torch.', '')} on {self.device}, {amp}"
