@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
 from segman.models import CheckpointError, load_checkpoint_file
-from segman.models.cuda_graph import check_single_process
+from segman.models.cuda_graph import leave_to_graphs, release_graphs
 
 import timm_compat
 from imagefolder import check_image_folder, create_eval_loader
@@ -85,7 +85,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: the variant's)")
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
     group.add_argument("--cuda-graph", action="store_true",
-                       help="replay the model's training forward and backward from CUDA graphs (one GPU, fixed batch shape)")
+                       help="replay the model's training forward and backward from CUDA graphs (fixed batch shape)")
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--batch-size", "-b", type=int, default=None, help="images per GPU (default: the variant's)")
@@ -247,7 +247,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
 
     if args.cuda_graph:
-        check_single_process()
         if device.type != "cuda":
             log(f"warning: --cuda-graph needs a GPU; training on {device.type} runs eagerly")
     model = timm.create_model(args.model, num_classes=args.num_classes, drop_path_rate=args.drop_path,
@@ -267,7 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     start_epoch = 0
     if args.resume:
         start_epoch = resume_checkpoint(args.resume, model, optimizer, loss_scaler, model_ema, args.model)
-    if args.distributed:
+    # with --cuda-graph the graphs average the gradients; DDP only wraps what is not graphed (here: nothing)
+    if args.distributed and len(leave_to_graphs(model)) < sum(p.requires_grad for p in model.parameters()):
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     lr_scheduler, num_epochs = create_scheduler_v2(
@@ -389,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if best["epoch"] is not None:
         log(f"best top-1 {best['top1']:.2f} (epoch {best['epoch']})"
             + (f", EMA {best['top1_ema']:.2f} (epoch {best['epoch_ema']})" if best["epoch_ema"] is not None else ""))
+    release_graphs(model)  # before the process group goes: graphs may hold SyncBN's NCCL calls
     if args.distributed:
         dist.destroy_process_group()
     return {**best, "output_dir": output_dir, "start_epoch": start_epoch, "num_epochs": num_epochs}

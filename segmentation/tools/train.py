@@ -24,7 +24,7 @@ from mmcv.runner import get_dist_info, init_dist
 from mmcv.utils import Config, DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
-from segman.models.cuda_graph import check_single_process
+from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman_mmseg.config_checks import check_config, report_batch_size
 
 
@@ -42,8 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN")
     parser.add_argument("--drop-path", type=float, default=None, help="backbone drop-path rate (overrides the config)")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="replay the backbone's forward and backward from CUDA graphs (single-GPU "
-                             "training; SegMAN-S steps 2.6x faster at 4 crops, see README)")
+                        help="replay the backbone's forward and backward from CUDA graphs (SegMAN-S "
+                             "steps 2.6x faster at 4 crops per GPU, see README)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override config keys, e.g. data.samples_per_gpu=2 runner.max_iters=1000")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -85,8 +85,6 @@ def main() -> None:
     if distributed:
         init_dist(args.launcher, **cfg.dist_params)
         cfg.gpu_ids = list(range(get_dist_info()[1]))
-    if args.cuda_graph:
-        check_single_process()
     check_config(cfg, training=True)
 
     mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
@@ -116,6 +114,8 @@ def main() -> None:
     model.init_weights()
     if distributed:  # the original converted its backbone BN in __init__; the trainer does it here
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if args.cuda_graph and torch.cuda.is_available():  # the backbone's graphs average its gradients, not DDP
+            leave_to_graphs(model.cuda())
     else:
         model = revert_sync_batchnorm(model)  # SyncBN needs a process group
     logger.info(model)
@@ -136,6 +136,9 @@ def main() -> None:
         rank, world_size = get_dist_info()
         print(f"rank {rank}/{world_size} on {torch.cuda.get_device_name()}: training finished, "
               f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB", flush=True)
+    release_graphs(model)  # before the process group goes: graphs may hold SyncBN's NCCL calls
+    if distributed:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

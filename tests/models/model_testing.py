@@ -37,3 +37,25 @@ def rename_in_pickle(path, old: bytes, new: bytes) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
         for name, data in entries:
             dst.writestr(name, data.replace(old, new) if name.endswith("data.pkl") else data)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def assert_same_gradients(model: torch.nn.Module, reference: torch.nn.Module, what: str, rtol: float = 1e-5) -> None:
+    """Every parameter's gradient within ``rtol`` relative (or 1e-6 absolute) of the reference's; the
+    biases of the convolutions in front of BatchNorm (``dwconv.0``) have zero gradient up to
+    rounding, so theirs need only be within 1e-3 of their weight's gradient (norms)."""
+    grads = {name: p.grad for name, p in reference.named_parameters()}
+    for name, p in model.named_parameters():
+        a, b = p.grad, grads[name]
+        assert (a is None) == (b is None), f"{what}: {name} has a gradient in one model only"
+        if a is None:
+            continue
+        if name.endswith("dwconv.0.bias"):
+            ok = float((a - b).norm()) <= 1e-3 * float(grads[name[:-len("bias")] + "weight"].norm())
+        else:
+            ok = relative_error(a, b) < rtol or float((a - b).abs().max()) < 1e-6
+        assert ok, f"{what}: gradient of {name} differs (relative error {relative_error(a, b):.2e})"

@@ -11,6 +11,8 @@ import torch
 
 from segman.models import segman_encoder
 
+from model_testing import assert_same_gradients, relative_error as _rel
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
 SHAPE = (2, 3, 224, 256)
@@ -40,14 +42,6 @@ def _loss(features, weights):
     return sum((f.float() * w).mean() for f, w in zip(features, weights))
 
 
-def _rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
-def _grads(model):
-    return [(name, p.grad.clone()) for name, p in model.named_parameters() if p.grad is not None]
-
-
 def test_steps_match_eager_with_sgd_updates_and_accumulation(pair):
     eager, graphed, weights = pair
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed)]
@@ -64,10 +58,7 @@ def test_steps_match_eager_with_sgd_updates_and_accumulation(pair):
         assert graphed.training_graph.captured
         for i, (a, b) in enumerate(zip(outs[1], outs[0])):
             assert _rel(a, b) < 1e-5, f"step {step}: output {i} differs by {_rel(a, b):.2e}"
-        assert [n for n, _ in _grads(graphed)] == [n for n, _ in _grads(eager)]
-        for (name, a), (_, b) in zip(_grads(graphed), _grads(eager)):
-            # conv biases in front of BatchNorm have zero gradient, up to rounding (~1e-7)
-            assert _rel(a, b) < 1e-5 or (a - b).abs().max() < 1e-6, f"step {step}: gradient of {name} differs"
+        assert_same_gradients(graphed, eager, f"step {step}")
         for opt in opts:
             opt.step()  # in place: the graph reads the updated parameters on the next replay
     for a, b in zip(graphed.parameters(), eager.parameters()):
