@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-GPU check of tools/dist_train.sh and tools/dist_test.sh: SegMAN-T with SyncBN on the toy set.
-#   bash benchmarks/dist_toy.sh [GPUS=2] [ITERS=60] [WORK_DIR=work_dirs/dist_toy]
+#   [TRAIN_ARGS=--cuda-graph] bash benchmarks/dist_toy.sh [GPUS=2] [ITERS=60] [WORK_DIR=work_dirs/dist_toy]
 # Prints the mean time per iteration (both ranks step together under DDP), each rank's peak GPU
 # memory, and the mIoU of dist_test.sh.
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../segmentation"
 OPTIONS="runner.max_iters=$ITERS evaluation.interval=$ITERS checkpoint_config.interval=$ITERS log_config.interval=10
  data.samples_per_gpu=8 data.workers_per_gpu=2 model.decode_head.norm_cfg.type=SyncBN"
 PYTHON=$PYTHON bash tools/dist_train.sh local_configs/segman/tiny/segman_t_toy.py "$GPUS" --work-dir "$WORK" --seed 0 \
-    --cfg-options $OPTIONS
+    ${TRAIN_ARGS:-} --cfg-options $OPTIONS
 PYTHON=$PYTHON bash tools/dist_test.sh local_configs/segman/tiny/segman_t_toy.py "$WORK/latest.pth" "$GPUS" \
     --eval mIoU --work-dir "$WORK"
 "$PYTHON" - "$WORK" "$GPUS" <<'PY'

@@ -15,6 +15,11 @@ Printed per (variant, precision, backend): median step ms over ``--steps`` timed
 ``--warmup`` steps, images/s, and peak allocated GPU memory.  ``bf16`` runs the step under
 ``torch.autocast(dtype=torch.bfloat16)``; ``fp32`` is plain fp32 (TF32 off).
 
+Under ``torchrun --nproc-per-node N`` the model is trained data-parallel as ``tools/train.py``
+does it: BatchNorm becomes SyncBatchNorm, DistributedDataParallel wraps the model, and with
+``cuda_graph`` the encoder's graphs average its gradients (``leave_to_graphs``); ``--batch`` is per
+GPU and rank 0 prints.
+
 ``--profile`` instead prints where the time of an ``auto`` step goes: the step's wall time against
 the host's (when ``train_step`` returns) and the GPU's busy time and kernel count (a step whose host
 time is close to its wall time is bound by the host), then the kernels with the most self CUDA time
@@ -22,11 +27,13 @@ time is close to its wall time is bound by the host), then the kernels with the 
 
 Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions bf16 fp32]
        [--backends auto "NA torch" "all torch"] [--cuda-graph] [--profile] [--cudnn-benchmark]
+       torchrun --nproc-per-node 2 benchmarks/model_gpu.py [...]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import sys
 import time
@@ -35,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from segman.models import SegMAN
+from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman.ops import force_backend
 
 BACKENDS = {"auto": None, "NA torch": "neighborhood_attention_2d=torch", "all torch": "torch"}
@@ -69,6 +77,16 @@ def step_ms(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dty
     return statistics.median(times)
 
 
+def build(variant: str, graphed: bool) -> torch.nn.Module:
+    """A SegMAN segmentor in training mode on this process's GPU; data-parallel under torchrun."""
+    model = SegMAN(variant, num_classes=150, cuda_graph=graphed).cuda().train()
+    if not torch.distributed.is_initialized():
+        return model
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    leave_to_graphs(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["s"], choices=["t", "s", "b", "l"])
@@ -86,6 +104,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("model_gpu.py needs a CUDA device")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if args.profile:
+            sys.exit("--profile runs on one GPU; start it without torchrun")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.distributed.init_process_group("nccl")
+    report = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *a, **k: None)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -95,11 +120,12 @@ def main(argv=None) -> None:
     if args.profile:
         profile(args, img, target)
         return
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, "
-          f"batch {args.batch} × {args.size}², forward + loss + backward, median of {args.steps} steps, "
-          f"cudnn.benchmark {args.cudnn_benchmark}")
-    print("| model | precision | backends | step ms | images/s | peak GiB |")
-    print("|---|---|---|---:|---:|---:|")
+    gpus = f"{world} GPUs (DDP, SyncBN), {args.batch} per GPU" if world > 1 else f"batch {args.batch}"
+    report(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, "
+           f"{gpus} × {args.size}², forward + loss + backward, median of {args.steps} steps, "
+           f"cudnn.benchmark {args.cudnn_benchmark}")
+    report("| model | precision | backends | step ms | images/s | peak GiB |")
+    report("|---|---|---|---:|---:|---:|")
     runs = [(bname, False) for bname in args.backends] + ([("auto", True)] if args.cuda_graph else [])
     for variant in args.variants:
         for pname in args.precisions:
@@ -108,18 +134,21 @@ def main(argv=None) -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 # a fresh model per row: a captured graph belongs to one precision
-                model = SegMAN(variant, num_classes=150, cuda_graph=graphed).cuda().train()
+                model = build(variant, graphed)
                 try:
                     with force_backend(BACKENDS[bname]):
                         ms = step_ms(model, img, target, PRECISIONS[pname], args.warmup, args.steps)
                 except torch.OutOfMemoryError:
-                    print(f"| SegMAN-{variant.upper()} | {pname} | {label} | out of memory | | |", flush=True)
+                    report(f"| SegMAN-{variant.upper()} | {pname} | {label} | out of memory | | |", flush=True)
                     continue
                 finally:
+                    release_graphs(model)  # before the process group goes: graphs may hold NCCL calls
                     del model
                 peak = torch.cuda.max_memory_allocated() / 2 ** 30
-                print(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {args.batch / ms * 1e3:.1f} "
-                      f"| {peak:.2f} |", flush=True)
+                report(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {world * args.batch / ms * 1e3:.1f} "
+                       f"| {peak:.2f} |", flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 def host_ms(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dtype, steps: int) -> tuple[float, float]:
