@@ -125,7 +125,10 @@ class _CapturedStep:
         self.key = key
         self.forward_graph, self.backward_graph = forward_graph, backward_graph
         self.x = x
-        self.outputs, self.output_spec = tree_flatten(outputs)
+        # detached: kept with their captured autograd graph, the outputs would keep the parameters'
+        # AccumulateGrad nodes alive on the capture stream, and every replayed backward would sync to it
+        flat, self.output_spec = tree_flatten(outputs)
+        self.outputs = [o.detach() for o in flat]
         self.grad_outputs = grad_outputs
         self.params, self.grads = params, grads
         self.averages_gradients = averages_gradients
