@@ -114,7 +114,7 @@ class TrainingGraph:
 class _CapturedStep:
     """A captured forward and backward: static input, outputs and gradient buffers, two graphs.
 
-    ``forward_graph`` and ``backward_graph`` need only a ``replay()`` method (the CPU tests stand
+    ``forward_graph`` and ``backward_graph`` need only ``replay()`` and ``reset()`` (the CPU tests stand
     in for them); ``params`` are the trainable parameters, ``grads`` their static gradients (None
     for parameters the forward does not use).
     """
