@@ -145,8 +145,9 @@ def main(argv=None) -> None:
                     release_graphs(model)  # before the process group goes: graphs may hold NCCL calls
                     del model
                 peak = torch.cuda.max_memory_allocated() / 2 ** 30
-                report(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {world * args.batch / ms * 1e3:.1f} "
-                       f"| {peak:.2f} |", flush=True)
+                images_per_s = world * args.batch / ms * 1e3
+                report(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {images_per_s:.1f} | {peak:.2f} |",
+                       flush=True)
     if world > 1:
         torch.distributed.destroy_process_group()
 
