@@ -93,7 +93,14 @@ class TrainingGraph:
                 raise RuntimeError("cuda_graph in a distributed run: call segman.models.cuda_graph."
                                    "leave_to_graphs(model) before wrapping the model in DistributedDataParallel "
                                    "(tools/train.py and classification/train.py do)")
-            self._step = _CapturedStep.capture(self._owner, self._forward, x, key, self.averages_gradients)
+            try:
+                self._step = _CapturedStep.capture(self._owner, self._forward, x, key, self.averages_gradients)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as e:  # e.g. an op that cannot be captured: say whose capture it was
+                raise RuntimeError(f"cuda_graph: capturing the training step of {type(self._owner).__name__} "
+                                   f"failed ({e}). Train without cuda_graph (drop --cuda-graph); gradient "
+                                   f"checkpointing, for one, has not been tested inside a capture.") from e
         if key == self._step.key:
             return self._step(x)
         self._train_eagerly(f"the CUDA graph was captured for input {self._step.key} and this call has {key}", key)

@@ -108,6 +108,19 @@ def test_distributed_steps_that_cannot_replay_are_refused():
     model.eval()(x)
 
 
+def test_a_failed_capture_says_what_to_do(monkeypatch):
+    def broken_capture(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_CapturedStep, "capture", broken_capture)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))  # reach the capture without a GPU
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    model = SegMANEncoder(**TINY, backbone=True, cuda_graph=True).train()
+    with pytest.raises(RuntimeError, match="capturing the training step of SegMANEncoder failed "
+                                           "\\(operation not permitted.*\\). Train without cuda_graph"):
+        model(torch.randn(1, 3, TINY_INPUT, TINY_INPUT))
+
+
 def test_distributed_capture_needs_leave_to_graphs(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
