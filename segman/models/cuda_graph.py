@@ -89,22 +89,25 @@ class TrainingGraph:
             return self._forward(x)  # part of a larger capture
         key = GraphKey.of(x)
         if self._step is None:
-            if _world_size() > 1 and not self.averages_gradients:
-                raise RuntimeError("cuda_graph in a distributed run: call segman.models.cuda_graph."
-                                   "leave_to_graphs(model) before wrapping the model in DistributedDataParallel "
-                                   "(tools/train.py and classification/train.py do)")
-            try:
-                self._step = _CapturedStep.capture(self._owner, self._forward, x, key, self.averages_gradients)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as e:  # e.g. an op that cannot be captured: say whose capture it was
-                raise RuntimeError(f"cuda_graph: capturing the training step of {type(self._owner).__name__} "
-                                   f"failed ({e}). Train without cuda_graph (drop --cuda-graph); gradient "
-                                   f"checkpointing, for one, has not been tested inside a capture.") from e
+            self._step = self._capture(x, key)
         if key == self._step.key:
             return self._step(x)
         self._train_eagerly(f"the CUDA graph was captured for input {self._step.key} and this call has {key}", key)
         return self._forward(x)
+
+    def _capture(self, x: torch.Tensor, key: GraphKey) -> "_CapturedStep":
+        if _world_size() > 1 and not self.averages_gradients:
+            raise RuntimeError("cuda_graph in a distributed run: call segman.models.cuda_graph."
+                               "leave_to_graphs(model) before wrapping the model in DistributedDataParallel "
+                               "(tools/train.py and classification/train.py do)")
+        try:
+            return _CapturedStep.capture(self._owner, self._forward, x, key, self.averages_gradients)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # e.g. an op that cannot be captured: say whose capture it was
+            raise RuntimeError(f"cuda_graph: capturing the training step of {type(self._owner).__name__} "
+                               f"failed ({e}). Train without cuda_graph (drop --cuda-graph); gradient "
+                               f"checkpointing, for one, has not been tested inside a capture.") from e
 
     def _train_eagerly(self, reason: str, key: Optional[GraphKey] = None) -> None:
         """Refuses an eager training step whose gradients no one would average; else warns once per key."""
