@@ -91,7 +91,7 @@ class TrainingGraph:
         if self._step is None:
             self._step = self._capture(x, key)
         if key == self._step.key:
-            return self._step(x)
+            return self._step(x, self.averages_gradients)
         self._train_eagerly(f"the CUDA graph was captured for input {self._step.key} and this call has {key}", key)
         return self._forward(x)
 
@@ -101,7 +101,7 @@ class TrainingGraph:
                                "leave_to_graphs(model) before wrapping the model in DistributedDataParallel "
                                "(tools/train.py and classification/train.py do)")
         try:
-            return _CapturedStep.capture(self._owner, self._forward, x, key, self.averages_gradients)
+            return _CapturedStep.capture(self._owner, self._forward, x, key)
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as e:  # e.g. an op that cannot be captured: say whose capture it was
@@ -131,7 +131,7 @@ class _CapturedStep:
 
     def __init__(self, key: GraphKey, forward_graph: Any, backward_graph: Any, x: torch.Tensor,
                  outputs: Any, grad_outputs: list[torch.Tensor], params: list[nn.Parameter],
-                 grads: list[Optional[torch.Tensor]], averages_gradients: bool) -> None:
+                 grads: list[Optional[torch.Tensor]]) -> None:
         self.key = key
         self.forward_graph, self.backward_graph = forward_graph, backward_graph
         self.x = x
@@ -141,12 +141,11 @@ class _CapturedStep:
         self.outputs = [o.detach() for o in flat]
         self.grad_outputs = grad_outputs
         self.params, self.grads = params, grads
-        self.averages_gradients = averages_gradients
         self.replays = 0
 
     @classmethod
     def capture(cls, owner: nn.Module, forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
-                key: GraphKey, averages_gradients: bool) -> "_CapturedStep":
+                key: GraphKey) -> "_CapturedStep":
         """Warms up, then captures ``forward(x)`` and its backward into the parameters."""
         params = [p for p in owner.parameters() if p.requires_grad]
         buffers = [(b, b.clone()) for b in owner.buffers()]
@@ -177,20 +176,20 @@ class _CapturedStep:
         with torch.no_grad():
             for buffer, before in buffers:  # undo the warm-up steps' updates
                 buffer.copy_(before)
-        return cls(key, forward_graph, backward_graph, static_x, static_outputs, grad_outputs, params, list(grads),
-                   averages_gradients)
+        return cls(key, forward_graph, backward_graph, static_x, static_outputs, grad_outputs, params, list(grads))
 
-    def __call__(self, x: torch.Tensor) -> Any:
-        """Replays the forward; the returned tensors' backward replays the backward."""
-        outputs = _Replay.apply(self, x, *self.params)
+    def __call__(self, x: torch.Tensor, average: bool) -> Any:
+        """Replays the forward; the returned tensors' backward replays the backward and, with
+        ``average``, averages the gradients over the ranks."""
+        outputs = _Replay.apply(self, average, x, *self.params)
         return tree_unflatten(list(outputs), self.output_spec)
 
-    def gradients(self) -> list[Optional[torch.Tensor]]:
+    def gradients(self, average: bool) -> list[Optional[torch.Tensor]]:
         """The static gradients copied into one new buffer (autograd keeps them as ``.grad``, which must
-        not alias what the next replay overwrites), averaged over the ranks if ``averages_gradients``."""
+        not alias what the next replay overwrites), with ``average`` averaged over the ranks."""
         present = [g for g in self.grads if g is not None]
         flat = torch.cat([g.reshape(-1) for g in present])
-        if self.averages_gradients:
+        if average:
             flat.div_(_world_size())
             dist.all_reduce(flat)
         copies = iter(flat.split([g.numel() for g in present]))
@@ -198,14 +197,14 @@ class _CapturedStep:
 
 
 class _Replay(torch.autograd.Function):
-    """One autograd node for a replayed step: ``(step, x, *params)`` → the flat outputs."""
+    """One autograd node for a replayed step: ``(step, average, x, *params)`` → the flat outputs."""
 
     @staticmethod
-    def forward(ctx: Any, step: _CapturedStep, x: torch.Tensor, *params: torch.Tensor) -> tuple:
+    def forward(ctx: Any, step: _CapturedStep, average: bool, x: torch.Tensor, *params: torch.Tensor) -> tuple:
         step.x.copy_(x)
         step.forward_graph.replay()
         step.replays += 1
-        ctx.step, ctx.replay = step, step.replays
+        ctx.step, ctx.average, ctx.replay = step, average, step.replays
         return tuple(o.detach() for o in step.outputs)
 
     @staticmethod
@@ -219,7 +218,7 @@ class _Replay(torch.autograd.Function):
         for static, grad in zip(step.grad_outputs, grad_outputs):
             static.copy_(grad)
         step.backward_graph.replay()
-        return (None, None, *step.gradients())
+        return (None, None, None, *step.gradients(ctx.average))
 
 
 def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
@@ -230,10 +229,14 @@ def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
     return flat
 
 
+def _graphed_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model``'s modules that have a :class:`TrainingGraph`, with their names."""
+    return [(name, m) for name, m in model.named_modules() if getattr(m, "training_graph", None) is not None]
+
+
 def graphed_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable parameters of ``model``'s modules that have a :class:`TrainingGraph`, by name."""
-    return {f"{prefix}.{name}" if prefix else name: p
-            for prefix, module in model.named_modules() if getattr(module, "training_graph", None) is not None
+    return {f"{prefix}.{name}" if prefix else name: p for prefix, module in _graphed_modules(model)
             for name, p in module.named_parameters() if p.requires_grad}
 
 
@@ -248,7 +251,7 @@ def leave_to_graphs(model: nn.Module) -> dict[str, nn.Parameter]:
     """
     if _world_size() == 1 or not torch.cuda.is_available():
         return {}
-    graphs = [m for m in model.modules() if getattr(m, "training_graph", None) is not None]
+    graphs = [m for _, m in _graphed_modules(model)]
     graphed = graphed_parameters(model)
     if graphed:
         if not all(p.is_cuda for p in graphed.values()):
@@ -270,9 +273,8 @@ def release_graphs(model: nn.Module) -> None:
     """Frees the captured graphs of ``model``'s graphed modules.  Call it before
     ``torch.distributed.destroy_process_group()``: NCCL cannot tear down a communicator that live
     graphs (SyncBatchNorm's collectives) still use, and the call would hang (pytorch#115388)."""
-    for module in model.modules():
-        if getattr(module, "training_graph", None) is not None:
-            module.training_graph.release()
+    for _, module in _graphed_modules(model):
+        module.training_graph.release()
 
 
 class GraphKey(NamedTuple):

@@ -16,8 +16,7 @@ from segman.models.cuda_graph import GraphKey, _CapturedStep, graphed_parameters
 from model_testing import TINY, TINY_INPUT
 
 
-def _stand_in_step(w: nn.Parameter, unused: nn.Parameter, resets: list | None = None,
-                   averages_gradients: bool = False) -> _CapturedStep:
+def _stand_in_step(w: nn.Parameter, unused: nn.Parameter, resets: list | None = None) -> _CapturedStep:
     """A "captured" ``y = w * x`` whose graphs are Python functions writing the static buffers
     (``reset()`` appends the graph's name to ``resets``)."""
     resets = [] if resets is None else resets
@@ -26,23 +25,23 @@ def _stand_in_step(w: nn.Parameter, unused: nn.Parameter, resets: list | None = 
     forward = SimpleNamespace(replay=lambda: y.data.copy_(w.detach() * x), reset=lambda: resets.append("forward"))
     backward = SimpleNamespace(replay=lambda: grad_w.copy_(grad_y * x), reset=lambda: resets.append("backward"))
     key = GraphKey.of(x)
-    return _CapturedStep(key, forward, backward, x, [y], [grad_y], [w, unused], [grad_w, None], averages_gradients)
+    return _CapturedStep(key, forward, backward, x, [y], [grad_y], [w, unused], [grad_w, None])
 
 
 def test_replayed_gradients_are_fresh_and_accumulate():
     w, unused = nn.Parameter(torch.tensor([1.0, 2.0, 3.0])), nn.Parameter(torch.ones(2))
     step = _stand_in_step(w, unused)
-    (y,) = step(torch.tensor([4.0, 5.0, 6.0]))
+    (y,) = step(torch.tensor([4.0, 5.0, 6.0]), average=False)
     torch.testing.assert_close(y, torch.tensor([4.0, 10.0, 18.0]))
     (y * torch.tensor([1.0, 0.0, 2.0])).sum().backward()
     torch.testing.assert_close(w.grad, torch.tensor([4.0, 0.0, 12.0]))
     assert unused.grad is None
     assert w.grad.data_ptr() != step.grads[0].data_ptr()  # .grad is a copy, not the static buffer
-    (y2,) = step(torch.tensor([1.0, 1.0, 1.0]))  # the next replay rewrites the static gradient...
+    (y2,) = step(torch.tensor([1.0, 1.0, 1.0]), average=False)  # the next replay rewrites the static gradient...
     y2.sum().backward()
     torch.testing.assert_close(w.grad, torch.tensor([5.0, 1.0, 13.0]))  # ...and .grad accumulated on top
     w.grad.zero_()
-    (y3,) = step(torch.tensor([2.0, 2.0, 2.0]))
+    (y3,) = step(torch.tensor([2.0, 2.0, 2.0]), average=False)
     y3.sum().backward()
     torch.testing.assert_close(w.grad, torch.tensor([2.0, 2.0, 2.0]))  # in-place zeroing kept
 
@@ -51,8 +50,8 @@ def _averaging_worker(rank: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         w = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
-        step = _stand_in_step(w, nn.Parameter(torch.ones(1)), averages_gradients=True)
-        (y,) = step(torch.tensor([1.0, 2.0, 3.0]) * (rank + 1))  # rank 0: x, rank 1: 2x
+        step = _stand_in_step(w, nn.Parameter(torch.ones(1)))
+        (y,) = step(torch.tensor([1.0, 2.0, 3.0]) * (rank + 1), average=True)  # rank 0: x, rank 1: 2x
         y.sum().backward()
         torch.testing.assert_close(w.grad, torch.tensor([1.5, 3.0, 4.5]))  # the mean of x and 2x
     finally:
@@ -66,8 +65,8 @@ def test_replayed_gradients_are_averaged_over_the_ranks(tmp_path):
 def test_backward_after_a_later_replay_is_refused():
     w = nn.Parameter(torch.ones(3))
     step = _stand_in_step(w, nn.Parameter(torch.ones(1)))
-    (first,) = step(torch.ones(3))
-    (second,) = step(torch.ones(3))  # overwrote the first replay's outputs and activations
+    (first,) = step(torch.ones(3), average=False)
+    (second,) = step(torch.ones(3), average=False)  # overwrote the first replay's outputs and activations
     with pytest.raises(RuntimeError, match="replay 1 after replay 2.*before the next training forward"):
         first.sum().backward()
     second.sum().backward()
