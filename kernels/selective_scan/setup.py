@@ -7,7 +7,7 @@ by default, each as machine code, plus compute_90 PTX for newer cards.  Override
 ``SEGMAN_CUDA_ARCHS="90"`` (semicolon- or comma-separated compute capabilities without the dot;
 a trailing ``+PTX`` also embeds PTX for the last one).  ``MAX_JOBS`` sets the parallel compile jobs.
 No ``--use_fast_math``: the kernels call the hardware approximations they want (``ex2.approx`` in
-softplus, sigmoid and the decay, ``rcp.approx`` with a Newton step) and keep ``log1p`` accurate.
+softplus, sigmoid and the decay, ``rcp.approx``) and keep ``log1p`` accurate.
 """
 import os
 import re

@@ -210,15 +210,21 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor du = at::empty({k.batch, k.channels, k.length}, u.options());
   at::Tensor ddelta = at::empty({k.batch, k.channels, k.length}, u.options());
-  // dB and dC (accumulated with atomics) share one zeroed buffer, and the per-(batch, channel)
-  // partials of dA, dD, d_bias another: at small shapes each extra memset, sum or cast is a
-  // noticeable share of the backward's time.
+  // dB and dC accumulate (atomics) in one zeroed fp32 buffer.  After the scan kernel a second one
+  // sums the per-(batch, channel) partials of dA, dD, d_bias over the batch and, for 16-bit
+  // inputs, writes dB and dC in the input dtype: at small shapes each launch (memset, sum, cast)
+  // is a noticeable share of the backward's time, so there are three in all.
   at::Tensor dBC = at::zeros({2, k.batch, k.groups, k.n_state, k.length}, f32);
   const int64_t nc = static_cast<int64_t>(k.channels) * k.n_state;
-  at::Tensor partials = at::empty({k.batch, nc + 2 * k.channels}, f32);  // every used entry is written
+  at::Tensor partials = at::empty({k.batch, nc + 2 * k.channels}, f32);
+  at::Tensor sums = at::empty({nc + 2 * k.channels}, f32);
+  at::Tensor dBC_out = u.element_size() == 2 ? at::empty(dBC.sizes(), u.options()) : dBC;
   if (du.numel() == 0) {
-    partials.zero_();
+    sums.zero_();
+    dBC_out.zero_();
   } else {
+    p.sums = sums.data_ptr<float>();
+    p.dB_out = dBC_out.data_ptr();
     p.dout = dout.data_ptr<float>();
     p.o_b = dout.stride(0);
     p.o_c = dout.stride(1);
@@ -227,9 +233,7 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
     p.ddelta = ddelta.data_ptr();
     p.dB = dBC.data_ptr<float>();
     p.dC = p.dB + dBC.stride(0);
-    p.dA = partials.data_ptr<float>();
-    p.dD = D.has_value() ? p.dA + nc : nullptr;
-    p.dbias = delta_bias.has_value() ? p.dA + nc + k.channels : nullptr;
+    p.partials = partials.data_ptr<float>();
     p.part_b = partials.stride(0);
     const bool vec = can_vectorise(p, {&u, &delta, &B, &C, &dout},
                                    {p.u_b, p.u_c, p.d_b, p.d_c, p.B_b, p.B_g, p.B_n, p.C_b, p.C_g, p.C_n,
@@ -242,8 +246,6 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const at::Tensor dBC_out = dBC.to(B.scalar_type());
-  const at::Tensor sums = partials.sum(0);
   std::vector<std::optional<at::Tensor>> grads = {
       du, ddelta, sums.narrow(0, 0, nc).view({k.channels, k.n_state}), dBC_out[0], dBC_out[1], std::nullopt,
       std::nullopt};

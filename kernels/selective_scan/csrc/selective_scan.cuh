@@ -11,9 +11,10 @@
 // from the last chunk to the first with the mirror-image scan over __shfl_down_sync.
 //
 // Backward: du, ddelta are written per element; dA, dD, ddelta_bias are reduced per warp and
-// written per (batch, channel) into one buffer (the host sums over batch); dB, dC are summed over
-// the warps of a block (all warps of a block share one (batch, group)) in shared memory and added
-// to an fp32 buffer with atomicAdd (float4 atomics on sm_90 when the rows are 16-byte aligned).
+// written per (batch, channel); dB, dC are summed over the warps of a block (all warps of a block
+// share one (batch, group)) in shared memory and added to an fp32 buffer with atomicAdd (float4
+// atomics on sm_90 when the rows are 16-byte aligned).  One more small kernel then sums the
+// partials over the batch and, for 16-bit inputs, converts dB and dC to the input dtype.
 #pragma once
 
 #include <cuda.h>
@@ -22,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "selective_scan.h"
 
@@ -82,6 +84,17 @@ __device__ __forceinline__ void to_floats(const Raw<T>& r, float (&out)[kItems])
   for (int j = 0; j < kItems; ++j) out[j] = to_float(r.e[j]);
 }
 
+// bf16 is the top half of an fp32: one shift or one mask per element (the generic conversion
+// spends two instructions on every odd one).
+__device__ __forceinline__ void to_floats(const Raw<__nv_bfloat16>& r, float (&out)[kItems]) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(r.e);
+#pragma unroll
+  for (int i = 0; i < kItems / 2; ++i) {
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
 template <typename T, bool kVec>
 __device__ __forceinline__ void load_items(const T* p, int valid, float (&out)[kItems]) {
   Raw<T> r;
@@ -106,6 +119,29 @@ __device__ __forceinline__ void store_items(T* p, int valid, const float (&in)[k
   }
 }
 
+// A chunk of fp32 values on the vector path, one warp: lane l holds steps 8l .. 8l + 7 of the chunk
+// at out.  Stored so that each of the two store instructions writes 512 contiguous bytes (steps
+// 128 i + 4 l .. + 3 from lane 16 i + l / 2, swapped in with shuffles) rather than every other 16
+// bytes of 1 KB (the backward's du and ddelta for fp32 inputs: 2-4 % faster on an H100; the
+// forward's fp32 output measured slower this way, benchmarks/RESULTS.md).  Steps from `left` on
+// are skipped.
+__device__ __forceinline__ void store_chunk_coalesced(float* out, const float (&y)[kItems], int lane, int left) {
+  static_assert(kItems == 8, "two 512-byte stores per warp");
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int owner = 16 * i + (lane >> 1);
+    float v[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float lo = __shfl_sync(kFull, y[k], owner);
+      const float hi = __shfl_sync(kFull, y[4 + k], owner);
+      v[k] = (lane & 1) ? hi : lo;
+    }
+    const int step = 128 * i + 4 * lane;
+    if (step < left) reinterpret_cast<float4*>(out + step)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
 // Whether item j of a lane's group lies inside the sequence (valid = steps left from the group's
 // first).  With kVec a group is full or absent, so one comparison serves every item.  Steps past
 // the end get the step size dt = 0, so exp(dt A) = 1 and dt u B = 0 (u, B, C and dy load as 0
@@ -126,37 +162,53 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// 1/d for d in [1, 3]: hardware approximation refined by one Newton step (~1 ulp, no branch).
-__device__ __forceinline__ float rcp_unit(float d) {
+// 1/d with the hardware approximation (at most 1 ulp off; subnormal results flush to 0).
+__device__ __forceinline__ float fast_rcp(float d) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
-  return r * fmaf(-d, r, 2.f);
+  return r;
 }
 
-// log(1 + z) for z in [0, 1]: 2 atanh(s) with s = z / (2 + z) <= 1/3, odd series to s^13
-// (truncation < 2e-8 relative); no branch, one reciprocal.
+// log(1 + z) for z in [0, 1]: 2 atanh(s) with s = z / (2 + z) <= 1/3, as 2 s p(s^2) with p the
+// degree-4 minimax fit of atanh(s) / s (fit error 4e-9; 2e-7 relative in fp32 arithmetic).
 __device__ __forceinline__ float log1p_unit(float z) {
-  const float s = z * rcp_unit(2.f + z);
+  const float s = z * fast_rcp(2.f + z);
   const float s2 = s * s;
-  float p = 1.f / 13.f;
-  p = fmaf(p, s2, 1.f / 11.f);
-  p = fmaf(p, s2, 1.f / 9.f);
-  p = fmaf(p, s2, 1.f / 7.f);
-  p = fmaf(p, s2, 1.f / 5.f);
-  p = fmaf(p, s2, 1.f / 3.f);
+  float p = 0.14095783233642578f;
+  p = fmaf(p, s2, 0.13978831470012665f);
+  p = fmaf(p, s2, 0.2001255750656128f);
+  p = fmaf(p, s2, 0.33333155512809753f);
   p = fmaf(p, s2, 1.f);
   return 2.f * s * p;
 }
 
 // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), which equals x in fp32 above the threshold 20 of
-// SPEC §2.2, so no branch is needed; also returns its derivative sigmoid(x).  With on = 0 (no
-// softplus, uniform over the launch) the blends return x and 1 exactly.  Blending instead of
-// selecting: for `on ? softplus : x` the compiler branches around each item's softplus, which
-// keeps it from interleaving the kItems independent chains of a lane (their latency then shows).
-__device__ __forceinline__ float step_size(float raw, float on, float* dstep = nullptr) {
-  const float z = fast_exp2(-fabsf(raw) * kLog2e);  // exp(-|x|); below 2^-126 it is 0
-  if (dstep) *dstep = fmaf(on, (raw >= 0.f ? 1.f : z) * rcp_unit(1.f + z) - 1.f, 1.f);
-  return fmaf(on, fmaxf(raw, 0.f) + log1p_unit(z) - raw, raw);
+// SPEC §2.2, so no branch is needed; with dsoftplus also its derivative sigmoid(x).
+__device__ __forceinline__ float softplus(float x, float* dsoftplus = nullptr) {
+  const float z = fast_exp2(-fabsf(x) * kLog2e);  // exp(-|x|); below 2^-126 it is 0
+  if (dsoftplus) *dsoftplus = (x >= 0.f ? 1.f : z) * fast_rcp(1.f + z);
+  return fmaxf(x, 0.f) + log1p_unit(z);
+}
+
+// The step sizes of a lane's kItems steps from their raw values: dt = softplus(raw + bias), or
+// raw + bias without softplus (then dstep = 1); dt = 0 past the end of the sequence (exp(0 A) = 1
+// and dt u B = 0 there: the scans need no masks).  The softplus branch is uniform over the launch
+// and taken once for all items, so that their independent chains interleave.
+template <bool kVec>
+__device__ __forceinline__ void step_sizes(float (&dt)[kItems], float bias, bool with_softplus, int valid,
+                                           float (*dstep)[kItems] = nullptr) {
+  if (with_softplus) {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) dt[j] = softplus(dt[j] + bias, dstep ? &(*dstep)[j] : nullptr);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      dt[j] += bias;
+      if (dstep) (*dstep)[j] = 1.f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) dt[j] = in_sequence<kVec>(j, valid) ? dt[j] : 0.f;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -191,7 +243,6 @@ scan_fwd_kernel(const ScanParams p) {
   }
   const float Dc = p.D ? p.D[c] : 0.f;
   const float bias = p.bias ? p.bias[c] : 0.f;
-  const float softplus_on = p.softplus ? 1.f : 0.f;
 
   // software pipeline: the raw data of chunk i+1 is in flight while chunk i is computed
   Raw<T> ru, rd, rB, rC;
@@ -221,12 +272,9 @@ scan_fwd_kernel(const ScanParams p) {
     float uv[kItems], dt[kItems], y[kItems];
     to_floats(ru, uv);
     to_floats(rd, dt);
+    step_sizes<kVec>(dt, bias, p.softplus, valid);
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const float step = step_size(dt[j] + bias, softplus_on);
-      dt[j] = in_sequence<kVec>(j, valid) ? step : 0.f;
-      y[j] = Dc * uv[j];
-    }
+    for (int j = 0; j < kItems; ++j) y[j] = Dc * uv[j];
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
       if (n >= n_state) break;
@@ -354,7 +402,6 @@ scan_bwd_kernel(const ScanParams p) {
   }
   const float Dc = p.D ? p.D[c] : 0.f;
   const float bias = p.bias ? p.bias[c] : 0.f;
-  const float softplus_on = p.softplus ? 1.f : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
   // software pipeline over the chunks (last to first)
@@ -392,10 +439,9 @@ scan_bwd_kernel(const ScanParams p) {
     to_floats(ru, uv);
     to_floats(rd, dt);
     to_floats(rg, go);
+    step_sizes<kVec>(dt, bias, p.softplus, valid, &sig);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      const float step = step_size(dt[j] + bias, softplus_on, &sig[j]);
-      dt[j] = in_sequence<kVec>(j, valid) ? step : 0.f;
       du[j] = Dc * go[j];
       ddt[j] = 0.f;
       dD_acc += go[j] * uv[j];
@@ -501,8 +547,14 @@ scan_bwd_kernel(const ScanParams p) {
       dbias_acc += ddt[j];  // 0 past the end (the adjoint is 0 there)
     }
     if (active) {
-      store_items<T, kVec>(du_out + t0, valid, du);
-      store_items<T, kVec>(ddelta_out + t0, valid, ddt);
+      if constexpr (kVec && std::is_same_v<T, float>) {
+        const int left = p.length - chunk * kChunk;
+        store_chunk_coalesced(du_out + chunk * kChunk, du, lane, left);
+        store_chunk_coalesced(ddelta_out + chunk * kChunk, ddt, lane, left);
+      } else {
+        store_items<T, kVec>(du_out + t0, valid, du);
+        store_items<T, kVec>(ddelta_out + t0, valid, ddt);
+      }
     }
     ru = nu; rd = nd; rg = ng; rB = nB; rC = nC; rh0 = nh0;
   }
@@ -518,9 +570,38 @@ scan_bwd_kernel(const ScanParams p) {
     const int64_t part = b * p.part_b;
 #pragma unroll
     for (int n = 0; n < kN; ++n)
-      if (n < n_state) p.dA[part + c * n_state + n] = dA_acc[n];
-    if (p.dD) p.dD[part + c] = dD_acc;
-    if (p.dbias) p.dbias[part + c] = dbias_acc;
+      if (n < n_state) p.partials[part + c * n_state + n] = dA_acc[n];
+    p.partials[part + p.channels * n_state + c] = dD_acc;
+    p.partials[part + p.channels * (n_state + 1) + c] = dbias_acc;
+  }
+}
+
+// After the backward kernel, one launch for what remains: dB, dC from the fp32 accumulators to the
+// input dtype (16-bit inputs; count elements, a multiple of 4 when kVec) and the sums over the
+// batch of the per-(batch, channel) partials of dA, dD, d_bias.
+template <typename T, bool kVec>
+__global__ void finalize_bwd_kernel(const float* dBC, T* dBC_out, int64_t count, const float* partials,
+                                    float* sums, int batch, int64_t part_b) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t vecs = std::is_same_v<T, float> ? 0 : (kVec ? count / 4 : count);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < vecs + part_b; i += stride) {
+    if (i < vecs) {
+      if constexpr (!std::is_same_v<T, float>) {
+        if (kVec) {
+          const float4 v = reinterpret_cast<const float4*>(dBC)[i];
+          union { T e[4]; uint2 bits; } out = {{from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z),
+                                               from_float<T>(v.w)}};
+          reinterpret_cast<uint2*>(dBC_out)[i] = out.bits;
+        } else {
+          dBC_out[i] = from_float<T>(dBC[i]);
+        }
+      }
+    } else {
+      const int64_t k = i - vecs;
+      float s = 0.f;
+      for (int b = 0; b < batch; ++b) s += partials[b * part_b + k];
+      sums[k] = s;
+    }
   }
 }
 
@@ -553,6 +634,20 @@ void launch_bwd_n(const ScanParams& p, cudaStream_t stream) {
   }
 }
 
+template <typename T>
+void launch_finalize_bwd(const ScanParams& p, bool vec, cudaStream_t stream) {
+  const int64_t count = 2 * static_cast<int64_t>(p.batch) * p.groups * p.n_state * p.length;
+  const int64_t items = (std::is_same_v<T, float> ? 0 : (vec ? count / 4 : count)) + p.part_b;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((items + threads - 1) / threads, 65535));
+  if (vec)
+    finalize_bwd_kernel<T, true><<<blocks, threads, 0, stream>>>(p.dB, static_cast<T*>(p.dB_out), count, p.partials, p.sums,
+                                                                p.batch, p.part_b);
+  else
+    finalize_bwd_kernel<T, false><<<blocks, threads, 0, stream>>>(p.dB, static_cast<T*>(p.dB_out), count, p.partials, p.sums,
+                                                                 p.batch, p.part_b);
+}
+
 #define SEGMAN_SCAN_DISPATCH_N(LAUNCH, T, p, vec, stream)                      \
   do {                                                                          \
     const int n_ = (p).n_state;                                                 \
@@ -578,6 +673,7 @@ void launch_bwd_n(const ScanParams& p, cudaStream_t stream) {
   }                                                                             \
   void launch_bwd_##SUFFIX(const ScanParams& p, bool vec, cudaStream_t s) {     \
     SEGMAN_SCAN_DISPATCH_N(launch_bwd_n, T, p, vec, s);                         \
+    launch_finalize_bwd<T>(p, vec, s);                                          \
   }
 
 }  // namespace segman_scan

@@ -37,12 +37,12 @@ struct ScanParams {
   void* ddelta;
   float* dB;             // (Bt, G, N, L) fp32 contiguous, zero-initialised
   float* dC;
-  // Per-(batch, channel) partials, all in one (Bt, part_b) fp32 buffer (one batch sum on the host):
-  // dA[b * part_b + c * N + n], dD[b * part_b + c], dbias[b * part_b + c].
-  float* dA;
-  float* dD;             // or nullptr
-  float* dbias;          // or nullptr
+  // Per-(batch, channel) partials (Bt, part_b) fp32, every entry written: dA at [b, c * N + n],
+  // dD at [b, C * N + c], d_bias at [b, C * (N + 1) + c]; and their sums over the batch (part_b,).
+  float* partials;
+  float* sums;
   int64_t part_b;
+  void* dB_out;          // 16-bit inputs: dB then dC in the input dtype, (2, Bt, G, N, L)
   int64_t u_b, u_c, d_b, d_c, B_b, B_g, B_n, C_b, C_g, C_n, o_b, o_c;
   int batch, channels, groups, dg, n_state, length, n_chunks;
   bool softplus;
