@@ -138,7 +138,9 @@ __device__ __forceinline__ void store_chunk_coalesced(float* out, const float (&
       v[k] = (lane & 1) ? hi : lo;
     }
     const int step = 128 * i + 4 * lane;
-    if (step < left) reinterpret_cast<float4*>(out + step)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    if (step < left)  // one 16-byte store (written in C++, nvcc split it into four scalar ones)
+      asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(out + step), "f"(v[0]), "f"(v[1]), "f"(v[2]),
+                   "f"(v[3]) : "memory");
   }
 }
 
