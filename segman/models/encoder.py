@@ -164,12 +164,35 @@ class Block(nn.Module):
         self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
-        """``(B, C, H, W)`` → ``(B, C, H, W)``."""
+    def forward(self, x: torch.Tensor, rope: RopeTables,
+                keep: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, C, H, W)``.  ``keep``: stochastic depth's scales for the two
+        residual branches from :meth:`draw_keep` (then ``drop_path`` draws nothing)."""
         x = x + self.cpe1(x)
-        x = x + self.drop_path(self.layer_scale1(self.token_mixer(self.norm1(x), rope)))
+        x = x + self._drop(self.layer_scale1(self.token_mixer(self.norm1(x), rope)), keep, 0)
         x = x + self.cpe2(x)
-        return x + self.drop_path(self.layer_scale2(self.mlp(self.norm2(x))))
+        return x + self._drop(self.layer_scale2(self.mlp(self.norm2(x))), keep, 1)
+
+    def _drop(self, branch: torch.Tensor, keep: Optional[tuple[torch.Tensor, torch.Tensor]], i: int) -> torch.Tensor:
+        return self.drop_path(branch) if keep is None else branch * keep[i]
+
+    def draw_keep(self, x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Stochastic depth's per-sample scales ``(B, 1, 1, 1)`` for the two residual branches, drawn
+        as ``drop_path`` would draw them in :meth:`forward` (Bernoulli(1 - p), divided by 1 - p), in the
+        same order; None when the block has no stochastic depth or is in eval mode.
+
+        A checkpointed block takes them as an input, so its recomputation in backward reuses them
+        and needs no RNG state: stashing and restoring the CUDA RNG state is not allowed inside a
+        CUDA graph capture (``cuda_graph``).
+        """
+        drop = self.drop_path
+        if not (isinstance(drop, DropPath) and self.training and drop.drop_prob > 0):
+            return None
+        keep_prob = 1.0 - drop.drop_prob
+        scales = tuple(x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep_prob) for _ in range(2))
+        if keep_prob > 0 and drop.scale_by_keep:
+            scales = tuple(s.div_(keep_prob) for s in scales)
+        return scales
 
 
 class SegMANStage(nn.Module):
@@ -181,7 +204,8 @@ class SegMANStage(nn.Module):
         depth: number of blocks.
         drop_path: one stochastic-depth rate per block (None: no stochastic depth).
         checkpoint_blocks: the first ``checkpoint_blocks`` blocks run under non-reentrant gradient
-            checkpointing when the input requires grad.
+            checkpointing when the input requires grad (their stochastic-depth draws are made
+            outside, :meth:`Block.draw_keep`, so no RNG state is stashed: capturable in CUDA graphs).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
@@ -202,7 +226,7 @@ class SegMANStage(nn.Module):
         rope = self.rope(x.shape[-2:])
         for j, block in enumerate(self.blocks):
             if j < self.checkpoint_blocks and x.requires_grad:
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, block.draw_keep(x), use_reentrant=False, preserve_rng_state=False)
             else:
                 x = block(x, rope)
         return x

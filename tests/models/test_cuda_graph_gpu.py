@@ -116,3 +116,36 @@ def test_backward_through_an_overwritten_replay_is_refused(pair):
         _loss(first, weights).backward()
     _loss(second, weights).backward()
     assert any(p.grad is not None for p in graphed.parameters())
+
+
+def test_gradient_checkpointing_with_stochastic_depth_in_the_graph():
+    """Checkpointed blocks recompute inside the captured backward. Their stochastic-depth scales are
+    drawn before each checkpoint, so the capture stashes no RNG state (which a capture forbids) and
+    the replayed recomputation uses the forward's scales: outputs and gradients equal those of the
+    same graphed model without checkpointing, step after step, at the same seeds."""
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        models = []
+        for use_checkpoint in ((0, 0, 0, 0), (2, 2, 2, 2)):
+            torch.manual_seed(3)
+            models.append(segman_encoder("t", backbone=True, cuda_graph=True, drop_path_rate=0.3,
+                                         use_checkpoint=use_checkpoint).cuda().train())
+        plain, ckpt = models
+        img = torch.randn(SHAPE, device="cuda")
+        for step in range(3):
+            outs = []
+            for model in models:
+                model.zero_grad(set_to_none=True)
+                torch.cuda.manual_seed(11 + step)
+                out = model(img)
+                outs.append([o.detach().clone() for o in out])
+                sum(o.square().mean() for o in out).backward()
+            assert plain.training_graph.captured and ckpt.training_graph.captured
+            for i, (a, b) in enumerate(zip(*outs)):
+                assert _rel(b, a) < 1e-5, f"step {step}: output {i} differs by {_rel(b, a):.2e}"
+            assert_same_gradients(ckpt, plain, f"step {step}")
+        torch.cuda.manual_seed(99)
+        assert _rel(ckpt(img)[-1].detach(), outs[1][-1]) > 1e-3, "another seed must drop other blocks"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev

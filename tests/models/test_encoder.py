@@ -283,6 +283,36 @@ class TestTrainEval:
         ckpt.set_grad_checkpointing()
         assert [s.checkpoint_blocks for s in ckpt.layers[::2]] == [1, 2, 1, 1]
 
+    def test_gradient_checkpointing_with_stochastic_depth(self):
+        """A checkpointed block draws its stochastic-depth scales before the checkpoint (no RNG state
+        is stashed, which a CUDA graph capture forbids) and its recomputation reuses them: outputs
+        and gradients equal those of the model without checkpointing at the same seed."""
+        torch.manual_seed(0)
+        plain = SegMANEncoder(**TINY, backbone=True, drop_path_rate=0.5)
+        ckpt = SegMANEncoder(**TINY, backbone=True, drop_path_rate=0.5, use_checkpoint=(1, 2, 1, 1))
+        ckpt.load_state_dict(plain.state_dict())
+        x = torch.randn(4, 3, TINY_INPUT, TINY_INPUT, requires_grad=True)
+        outs = []
+        for model in (plain, ckpt):
+            torch.manual_seed(7)
+            features = model(x)
+            outs.append(features)
+            sum(f.square().mean() for f in features).backward()
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b)
+        for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+        torch.manual_seed(7)
+        again = ckpt(x)[-1]
+        torch.manual_seed(8)
+        assert not torch.allclose(again, ckpt(x)[-1]), "the scales must be random"
+        block = ckpt.layers[2].blocks[1]
+        keep = block.draw_keep(torch.zeros(1000, 1, 1, 1))
+        rate = block.drop_path.drop_prob
+        assert all(set(k.unique().tolist()) == {0.0, torch.tensor(1.0).div(1 - rate).item()} for k in keep)
+        assert abs(float((keep[0] > 0).float().mean()) - (1 - rate)) < 0.1
+        assert block.eval().draw_keep(x) is None
+
     def test_cuda_graph_option_off_the_gpu(self):
         """``cuda_graph`` adds no state and, on CPU, runs the eager forward (the GPU side is in
         test_cuda_graph_gpu.py); copies of the model carry their own, uncaptured, graph."""
