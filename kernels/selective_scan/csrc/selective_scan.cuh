@@ -589,7 +589,7 @@ __global__ void finalize_bwd_kernel(const float* dBC, T* dBC_out, int64_t count,
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < vecs + part_b; i += stride) {
     if (i < vecs) {
       if constexpr (!std::is_same_v<T, float>) {
-        if (kVec) {
+        if constexpr (kVec) {
           const float4 v = reinterpret_cast<const float4*>(dBC)[i];
           union { T e[4]; uint2 bits; } out = {{from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z),
                                                from_float<T>(v.w)}};
@@ -642,12 +642,9 @@ void launch_finalize_bwd(const ScanParams& p, bool vec, cudaStream_t stream) {
   const int64_t items = (std::is_same_v<T, float> ? 0 : (vec ? count / 4 : count)) + p.part_b;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((items + threads - 1) / threads, 65535));
-  if (vec)
-    finalize_bwd_kernel<T, true><<<blocks, threads, 0, stream>>>(p.dB, static_cast<T*>(p.dB_out), count, p.partials, p.sums,
-                                                                p.batch, p.part_b);
-  else
-    finalize_bwd_kernel<T, false><<<blocks, threads, 0, stream>>>(p.dB, static_cast<T*>(p.dB_out), count, p.partials, p.sums,
-                                                                 p.batch, p.part_b);
+  T* out = static_cast<T*>(p.dB_out);
+  auto* kernel = vec ? finalize_bwd_kernel<T, true> : finalize_bwd_kernel<T, false>;
+  kernel<<<blocks, threads, 0, stream>>>(p.dB, out, count, p.partials, p.sums, p.batch, p.part_b);
 }
 
 #define SEGMAN_SCAN_DISPATCH_N(LAUNCH, T, p, vec, stream)                      \
