@@ -178,21 +178,18 @@ class Block(nn.Module):
 
     def draw_keep(self, x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """Stochastic depth's per-sample scales ``(B, 1, 1, 1)`` for the two residual branches, drawn
-        as ``drop_path`` would draw them in :meth:`forward` (Bernoulli(1 - p), divided by 1 - p), in the
-        same order; None when the block has no stochastic depth or is in eval mode.
+        by ``drop_path`` itself (applied to ones) in the order :meth:`forward` would draw them; None
+        when the block has no stochastic depth or is in eval mode.
 
         A checkpointed block takes them as an input, so its recomputation in backward reuses them
         and needs no RNG state: stashing and restoring the CUDA RNG state is not allowed inside a
         CUDA graph capture (``cuda_graph``).
         """
-        drop = self.drop_path
-        if not (isinstance(drop, DropPath) and self.training and drop.drop_prob > 0):
+        if not (isinstance(self.drop_path, DropPath) and self.training):
             return None
-        keep_prob = 1.0 - drop.drop_prob
-        scales = tuple(x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep_prob) for _ in range(2))
-        if keep_prob > 0 and drop.scale_by_keep:
-            scales = tuple(s.div_(keep_prob) for s in scales)
-        return scales
+        ones = x.new_ones(x.shape[0], 1, 1, 1)
+        first = self.drop_path(ones)
+        return first, self.drop_path(ones)
 
 
 class SegMANStage(nn.Module):
