@@ -246,9 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    if args.cuda_graph:
-        if device.type != "cuda":
-            log(f"warning: --cuda-graph needs a GPU; training on {device.type} runs eagerly")
+    if args.cuda_graph and device.type != "cuda":
+        log(f"warning: --cuda-graph needs a GPU; training on {device.type} runs eagerly")
     model = timm.create_model(args.model, num_classes=args.num_classes, drop_path_rate=args.drop_path,
                               cuda_graph=args.cuda_graph)
     if args.grad_checkpointing:

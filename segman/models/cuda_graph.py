@@ -106,8 +106,7 @@ class TrainingGraph:
             raise
         except RuntimeError as e:  # e.g. an op that cannot be captured: say whose capture it was
             raise RuntimeError(f"cuda_graph: capturing the training step of {type(self._owner).__name__} "
-                               f"failed ({e}). Train without cuda_graph (drop --cuda-graph); gradient "
-                               f"checkpointing, for one, has not been tested inside a capture.") from e
+                               f"failed ({e}). Train without cuda_graph (drop --cuda-graph).") from e
 
     def _train_eagerly(self, reason: str, key: Optional[GraphKey] = None) -> None:
         """Refuses an eager training step whose gradients no one would average; else warns once per key."""
