@@ -16,8 +16,8 @@ a 1 GiB device-to-device copy, counting bytes read plus written.  Times are medi
 GPU time of the call, compared with the floor) and called eagerly (``eager`` columns: what a
 Python loop of such calls measures, which at the small shapes is mostly host work).
 
-Usage: python benchmarks/scan_gpu.py [--sweep] [--occupancy] [--only cuda triton] [--skip-ss2d]
-(--sweep: Triton launch configurations; --occupancy: the CUDA register-budget variants.)
+Usage: python benchmarks/scan_gpu.py [--sweep] [--kernel-modes] [--only cuda triton] [--skip-ss2d]
+(--sweep: Triton launch configurations; --kernel-modes: each CUDA forward and backward kernel variant.)
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def cuda_ext():
     return segman_selective_scan
 
 
-def scan_rows(bw, only=None, occupancy=False):
+def scan_rows(bw, only=None, kernel_modes=False):
     rows = []
     for channels, side in STAGES:
         for dname, dtype in DTYPES.items():
@@ -116,19 +116,20 @@ def scan_rows(bw, only=None, occupancy=False):
                     print(f"  skip {backend.name}: {reason}")
                     continue
                 variants = [(backend.name, None)]
-                if backend.name == "cuda" and occupancy:  # the two register budgets, forced
-                    variants = [("cuda", (0, 0)), ("cuda, forced low occupancy", (1, 1)),
-                                ("cuda, forced high occupancy", (2, 2))]
+                if backend.name == "cuda" and kernel_modes:  # each variant, forced (set_kernel_modes)
+                    variants = [("cuda", (0, 0)), ("cuda, warp per row, low occupancy", (1, 1)),
+                                ("cuda, warp per row, high occupancy", (2, 2)),
+                                ("cuda, fwd block per row (bwd default)", (3, 0))]
                 for name, modes in variants:
                     if modes is not None:
-                        cuda_ext().set_occupancy(*modes)
+                        cuda_ext().set_kernel_modes(*modes)
                     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
                     fn = lambda: selective_scan(**leaves, backend=backend.name)  # noqa: E731
                     rows.append(row(shape, dname, name, time_fwd_bwd(fn, list(leaves.values())), floors))
                     del leaves
                     torch.cuda.empty_cache()
                 if len(variants) > 1:
-                    cuda_ext().set_occupancy(0, 0)
+                    cuda_ext().set_kernel_modes(0, 0)
     return rows
 
 
@@ -243,13 +244,13 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also sweep the Triton launch configurations")
     parser.add_argument("--skip-ss2d", action="store_true")
     parser.add_argument("--only", nargs="*", help="time only these selective_scan backends (and skip the other tables)")
-    parser.add_argument("--occupancy", action="store_true",
-                        help="also time the CUDA kernels with each register budget forced (set_occupancy)")
+    parser.add_argument("--kernel-modes", action="store_true",
+                        help="also time each CUDA kernel variant forced (set_kernel_modes)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     bw = copy_bandwidth()
     props = torch.cuda.get_device_properties(0)
-    rows = scan_rows(bw, args.only, args.occupancy)
+    rows = scan_rows(bw, args.only, args.kernel_modes)
     cross = [] if args.only else cross_rows(bw)
     ss2d = [] if args.skip_ss2d or args.only else ss2d_rows(bw)
     print(f"\n## GPU selective scan — {props.name}, {datetime.date.today().isoformat()}")

@@ -220,19 +220,23 @@ def test_softplus_threshold_and_large_steps(backend, dtype):
     run_and_check(backend, inputs, dtype)
 
 
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("length", [777, 2048, 9000])
+@pytest.mark.parametrize("mode", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=DTYPE_IDS.get)
-def test_cuda_register_budgets(mode, dtype):
-    """Both register budgets of the CUDA d_state-1 kernels (set_occupancy: 1 low, 2 high occupancy)
-    compute the same function; 20 channels per group leave an idle warp in the last block."""
-    inputs = make_inputs(2, 3, 20, 1, 777, dtype, seed=7)
+def test_cuda_kernel_modes(mode, dtype, length):
+    """Every CUDA d_state-1 kernel variant (set_kernel_modes: forward 1 / 2 one warp per row with
+    each register budget, 3 one block per row; backward 1 / 2 its register budgets) computes the same
+    function.  20 channels per group leave an idle warp in the last block of the warp-per-row kernels;
+    777 steps take the scalar path; 9000 (36 chunks) the 8-warp row blocks, whose last step has 4
+    chunks for 8 warps; 2048 the 4-warp ones."""
+    inputs = make_inputs(2, 3, 20, 1, length, dtype, seed=7)
     _backend_or_skip("cuda", inputs)
     ext = importlib.import_module("segman_selective_scan")
-    ext.set_occupancy(mode, mode)
+    ext.set_kernel_modes(mode, min(mode, 2))
     try:
         run_and_check("cuda", inputs, dtype)
     finally:
-        ext.set_occupancy(0, 0)
+        ext.set_kernel_modes(0, 0)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

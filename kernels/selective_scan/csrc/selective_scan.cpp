@@ -24,20 +24,22 @@ namespace {
 
 using segman_scan::ScanParams;
 
-// Register-budget variants of the d_state-1 kernels (fwd_min_blocks / bwd_min_blocks in
-// selective_scan.cuh): 0 = the measured default for the dtype (benchmarks/RESULTS.md),
-// 1 = low occupancy (no spills), 2 = high occupancy (capped registers).
+// Kernel variants of d_state 1, for tests and benchmarks.  Forward: 0 = the measured default
+// (benchmarks/RESULTS.md), 1 / 2 = one warp per row with the low / high occupancy register budget,
+// 3 = one block per row (fwd_min_blocks and scan_fwd_row_block_kernel in selective_scan.cuh).
+// Backward: 0 = default, 1 = low, 2 = high occupancy.  d_state > 1 always runs one warp per row.
 int g_fwd_mode = 0;
 int g_bwd_mode = 0;
 
-void set_occupancy(int fwd_mode, int bwd_mode) {
-  TORCH_CHECK(fwd_mode >= 0 && fwd_mode <= 2 && bwd_mode >= 0 && bwd_mode <= 2,
-              "segman_selective_scan.set_occupancy: modes are 0 (default), 1 (low), 2 (high)");
+void set_kernel_modes(int fwd_mode, int bwd_mode) {
+  TORCH_CHECK(fwd_mode >= 0 && fwd_mode <= 3 && bwd_mode >= 0 && bwd_mode <= 2,
+              "segman_selective_scan.set_kernel_modes: forward modes are 0 (default), 1 (warp per row, low "
+              "occupancy), 2 (warp per row, high occupancy), 3 (block per row); backward modes 0, 1 (low), 2 (high)");
   g_fwd_mode = fwd_mode;
   g_bwd_mode = bwd_mode;
 }
 
-std::tuple<int, int> get_occupancy() { return {g_fwd_mode, g_bwd_mode}; }
+std::tuple<int, int> get_kernel_modes() { return {g_fwd_mode, g_bwd_mode}; }
 
 int multiprocessors(const at::Tensor& t) {
   static int cached[64] = {0};
@@ -182,6 +184,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& u, const at::Tensor& de
   p.states = states.data_ptr<float>();
   const bool vec = can_vectorise(p, {&u, &delta, &B, &C},
                                  {p.u_b, p.u_c, p.d_b, p.d_c, p.B_b, p.B_g, p.B_n, p.C_b, p.C_g, p.C_n});
+  p.fwd_row_blocks = k.n_state == 1 &&
+                     (g_fwd_mode == 3 || (g_fwd_mode == 0 && vec && p.n_chunks >= segman_scan::kRowBlockMinChunks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   switch (u.scalar_type()) {
     case at::kFloat: segman_scan::launch_fwd_f32(p, vec, stream); break;
@@ -263,10 +267,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &bwd, "selective scan backward -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)", py::arg("u"),
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("delta_bias"),
         py::arg("dout"), py::arg("states"), py::arg("softplus"));
-  m.def("set_occupancy", &set_occupancy,
-        "register budget of the d_state-1 kernels, for benchmarking: 0 default, 1 low, 2 high occupancy",
+  m.def("set_kernel_modes", &set_kernel_modes,
+        "d_state-1 kernel variants, for tests and benchmarks: forward 0 default, 1 / 2 one warp per row with the low "
+        "/ high occupancy register budget, 3 one block per row; backward 0 default, 1 low, 2 high occupancy",
         py::arg("fwd_mode"), py::arg("bwd_mode"));
-  m.def("get_occupancy", &get_occupancy, "current (fwd_mode, bwd_mode)");
+  m.def("get_kernel_modes", &get_kernel_modes, "current (fwd_mode, bwd_mode)");
   m.attr("CHUNK") = segman_scan::kChunk;
   m.attr("MAX_D_STATE") = segman_scan::kMaxState;
 }

@@ -1,7 +1,8 @@
 // Selective scan (SPEC §2.2-2.3), forward and backward kernels.
 //
 // One warp owns one (batch, channel) row and walks the sequence in chunks of 256 steps
-// (32 lanes x 8 consecutive steps).  A chunk is scanned in three levels:
+// (32 lanes x 8 consecutive steps); the d_state-1 forward of long rows gives a row to a block
+// instead (scan_fwd_row_block_kernel).  A chunk is scanned in three levels:
 //   1. each lane folds its 8 steps into one affine map h -> P h + H (sequentially, in registers);
 //   2. the 32 lane maps are composed with a Kogge-Stone scan over __shfl_up_sync;
 //   3. each lane applies the exclusive prefix to the chunk's carry-in state and replays its steps.
@@ -217,6 +218,66 @@ __device__ __forceinline__ void step_sizes(float (&dt)[kItems], float bias, bool
 // Forward
 // ------------------------------------------------------------------------------------------------
 
+// Where the inputs of row (batch b, channel c of group g) start: u, delta, and the group's B, C.
+template <typename T>
+struct RowInputs {
+  const T* u;
+  const T* delta;
+  const T* B;
+  const T* C;
+};
+
+template <typename T>
+__device__ __forceinline__ RowInputs<T> row_inputs(const ScanParams& p, int b, int g, int c) {
+  return {static_cast<const T*>(p.u) + b * p.u_b + c * p.u_c, static_cast<const T*>(p.delta) + b * p.d_b + c * p.d_c,
+          static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g, static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g};
+}
+
+// Level 1: folds a lane's steps into the map h -> P h + H, keeping each step's decay a = exp(dt A)
+// and input bv = dt u B for the replay.
+__device__ __forceinline__ void fold_steps(const float (&dt)[kItems], const float (&uv)[kItems],
+                                           const float (&Bv)[kItems], float A2, float (&a)[kItems],
+                                           float (&bv)[kItems], float& P, float& H) {
+  P = 1.f;
+  H = 0.f;
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    a[j] = fast_exp2(dt[j] * A2);
+    bv[j] = dt[j] * uv[j] * Bv[j];
+    H = a[j] * H + bv[j];
+    P *= a[j];
+  }
+}
+
+// Level 2: the inclusive scan of the warp's lane maps (earlier lanes first).
+__device__ __forceinline__ void scan_lane_maps(float& P, float& H, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float Pu = __shfl_up_sync(kFull, P, off);
+    const float Hu = __shfl_up_sync(kFull, H, off);
+    if (lane >= off) {
+      H = P * Hu + H;
+      P = P * Pu;
+    }
+  }
+}
+
+// Level 3: from the inclusive lane maps and the state entering the warp's chunk, replays the lane's
+// steps and adds C_t h_t to y.
+__device__ __forceinline__ void replay_steps(float P, float H, float h_chunk, int lane, const float (&a)[kItems],
+                                             const float (&bv)[kItems], const float (&Cv)[kItems],
+                                             float (&y)[kItems]) {
+  float Pe = __shfl_up_sync(kFull, P, 1);
+  float He = __shfl_up_sync(kFull, H, 1);
+  if (lane == 0) { Pe = 1.f; He = 0.f; }
+  float h = Pe * h_chunk + He;
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    h = a[j] * h + bv[j];
+    y[j] += Cv[j] * h;
+  }
+}
+
 template <typename T, int kN, bool kVec, int kWarps, int kMinBlocks>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 scan_fwd_kernel(const ScanParams p) {
@@ -230,10 +291,7 @@ scan_fwd_kernel(const ScanParams p) {
   const int n_state = p.n_state;
   const int64_t row = static_cast<int64_t>(b) * p.channels + c;
 
-  const T* u = static_cast<const T*>(p.u) + b * p.u_b + c * p.u_c;
-  const T* delta = static_cast<const T*>(p.delta) + b * p.d_b + c * p.d_c;
-  const T* Bp = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
-  const T* Cp = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
+  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
   float* out = p.out + row * p.length;
   float* states = p.states + row * p.n_chunks * n_state;
 
@@ -288,35 +346,88 @@ scan_fwd_kernel(const ScanParams p) {
         load_items<T, kVec>(Bp + n * p.B_n + t0, valid, Bv);
         load_items<T, kVec>(Cp + n * p.C_n + t0, valid, Cv);
       }
-      float P = 1.f, H = 0.f;
-#pragma unroll
-      for (int j = 0; j < kItems; ++j) {
-        a[j] = fast_exp2(dt[j] * A2[n]);
-        bv[j] = dt[j] * uv[j] * Bv[j];
-        H = a[j] * H + bv[j];
-        P *= a[j];
-      }
-      // inclusive scan of the lane maps (earlier lanes first)
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float Pu = __shfl_up_sync(kFull, P, off);
-        const float Hu = __shfl_up_sync(kFull, H, off);
-        if (lane >= off) {
-          H = P * Hu + H;
-          P = P * Pu;
-        }
-      }
-      float Pe = __shfl_up_sync(kFull, P, 1);
-      float He = __shfl_up_sync(kFull, H, 1);
-      if (lane == 0) { Pe = 1.f; He = 0.f; }
-      float h = Pe * carry[n] + He;
-#pragma unroll
-      for (int j = 0; j < kItems; ++j) {
-        h = a[j] * h + bv[j];
-        y[j] += Cv[j] * h;
-      }
+      float P, H;
+      fold_steps(dt, uv, Bv, A2[n], a, bv, P, H);
+      scan_lane_maps(P, H, lane);
+      replay_steps(P, H, carry[n], lane, a, bv, Cv, y);
       carry[n] = __shfl_sync(kFull, P * carry[n] + H, 31);
     }
+    store_items<float, kVec>(out + t0, valid, y);
+    ru = nu; rd = nd; rB = nB; rC = nC;
+  }
+}
+
+// d_state 1, long rows: one block per (batch, channel) row.  Each step the kWarps warps scan
+// kWarps consecutive chunks at once (warp w: chunk kWarps·step + w), so a block streams kWarps·4 KB
+// of each input in one go instead of a warp's 512 bytes; the warps' chunk maps are composed through
+// shared memory (one barrier per step, double-buffered) into each warp's carry-in and the carry of
+// the next step.  On an H100 this beats one warp per row by 3-8 % at SegMAN-S's L = 64² and 128²
+// (benchmarks/RESULTS.md); at L = 32² (four chunks) it does not, and the host keeps that case on
+// scan_fwd_kernel.  Warps past the last chunk scan identity maps (dt = 0) and store nothing.
+template <typename T, bool kVec, int kWarps, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
+scan_fwd_row_block_kernel(const ScanParams p) {
+  __shared__ float2 warp_maps[2][kWarps];  // (P, H) of each warp's chunk, per step parity
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = blockIdx.y;
+  const int b = blockIdx.z;
+  const int c = g * p.dg + blockIdx.x;
+  const int64_t row = static_cast<int64_t>(b) * p.channels + c;
+
+  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
+  float* out = p.out + row * p.length;
+  float* states = p.states + row * p.n_chunks;
+  const float A2 = p.A[c] * kLog2e;
+  const float Dc = p.D ? p.D[c] : 0.f;
+  const float bias = p.bias ? p.bias[c] : 0.f;
+
+  constexpr int kStep = kWarps * kChunk;
+  const int steps = (p.length + kStep - 1) / kStep;
+  const int first = warp * kChunk + lane * kItems;  // this lane's first step within a block step
+  Raw<T> ru, rd, rB, rC;
+  {
+    const int valid = p.length - first;
+    load_raw<T, kVec, true>(ru, u + first, valid);
+    load_raw<T, kVec, true>(rd, delta + first, valid);
+    load_raw<T, kVec, false>(rB, Bp + first, valid);
+    load_raw<T, kVec, false>(rC, Cp + first, valid);
+  }
+  float carry = 0.f;  // the state entering this step's first chunk (every warp holds it)
+  for (int step = 0; step < steps; ++step) {
+    const int t0 = step * kStep + first;
+    const int valid = p.length - t0;
+    Raw<T> nu, nd, nB, nC;
+    if (step + 1 < steps) {
+      const int tn = t0 + kStep;
+      load_raw<T, kVec, true>(nu, u + tn, valid - kStep);
+      load_raw<T, kVec, true>(nd, delta + tn, valid - kStep);
+      load_raw<T, kVec, false>(nB, Bp + tn, valid - kStep);
+      load_raw<T, kVec, false>(nC, Cp + tn, valid - kStep);
+    }
+    float uv[kItems], dt[kItems], Bv[kItems], Cv[kItems], a[kItems], bv[kItems], y[kItems];
+    to_floats(ru, uv);
+    to_floats(rd, dt);
+    to_floats(rB, Bv);
+    to_floats(rC, Cv);
+    step_sizes<kVec>(dt, bias, p.softplus, valid);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) y[j] = Dc * uv[j];
+    float P, H;
+    fold_steps(dt, uv, Bv, A2, a, bv, P, H);
+    scan_lane_maps(P, H, lane);
+    if (lane == 31) warp_maps[step & 1][warp] = make_float2(P, H);
+    __syncthreads();  // the other parity's slots are rewritten only after the next barrier
+    float h_warp = carry;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      if (w == warp) h_warp = carry;
+      const float2 m = warp_maps[step & 1][w];
+      carry = m.x * carry + m.y;
+    }
+    const int chunk = step * kWarps + warp;
+    if (lane == 0 && chunk < p.n_chunks) states[chunk] = h_warp;
+    replay_steps(P, H, h_warp, lane, a, bv, Cv, y);
     store_items<float, kVec>(out + t0, valid, y);
     ru = nu; rd = nd; rB = nB; rC = nC;
   }
@@ -383,11 +494,8 @@ scan_bwd_kernel(const ScanParams p) {
   const int n_state = p.n_state;
   const int64_t row = static_cast<int64_t>(b) * p.channels + c;
 
-  const T* u = static_cast<const T*>(p.u) + b * p.u_b + c * p.u_c;
-  const T* delta = static_cast<const T*>(p.delta) + b * p.d_b + c * p.d_c;
+  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
   const float* dout = p.dout + b * p.o_b + c * p.o_c;
-  const T* Bp = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
-  const T* Cp = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
   const float* states = p.states + row * p.n_chunks * n_state;
   T* du_out = static_cast<T*>(p.du) + row * p.length;
   T* ddelta_out = static_cast<T*>(p.ddelta) + row * p.length;
@@ -463,23 +571,9 @@ scan_bwd_kernel(const ScanParams p) {
         h0 = active ? states[chunk * n_state + n] : 0.f;
       }
       // ---- recompute h inside the chunk from the saved entering state
-      float P = 1.f, H = 0.f;
-#pragma unroll
-      for (int j = 0; j < kItems; ++j) {
-        a[j] = fast_exp2(dt[j] * A2[n]);
-        bv[j] = dt[j] * uv[j] * Bv[j];
-        H = a[j] * H + bv[j];
-        P *= a[j];
-      }
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float Pu = __shfl_up_sync(kFull, P, off);
-        const float Hu = __shfl_up_sync(kFull, H, off);
-        if (lane >= off) {
-          H = P * Hu + H;
-          P = P * Pu;
-        }
-      }
+      float P, H;
+      fold_steps(dt, uv, Bv, A2[n], a, bv, P, H);
+      scan_lane_maps(P, H, lane);
       float Pe = __shfl_up_sync(kFull, P, 1);
       float He = __shfl_up_sync(kFull, H, 1);
       if (lane == 0) { Pe = 1.f; He = 0.f; }
@@ -614,7 +708,13 @@ template <typename T, int kN, bool kVec>
 void launch_fwd_n(const ScanParams& p, cudaStream_t stream) {
   dim3 grid((p.dg + kFwdWarps - 1) / kFwdWarps, p.groups, p.batch);
   if constexpr (kN == 1) {
-    if (p.high_occupancy_fwd)
+    if (p.fwd_row_blocks) {
+      const dim3 rows(p.dg, p.groups, p.batch);
+      if (p.n_chunks >= kRowBlockWideChunks)
+        scan_fwd_row_block_kernel<T, kVec, 8, 3><<<rows, 8 * 32, 0, stream>>>(p);
+      else
+        scan_fwd_row_block_kernel<T, kVec, 4, 6><<<rows, 4 * 32, 0, stream>>>(p);
+    } else if (p.high_occupancy_fwd)
       scan_fwd_kernel<T, kN, kVec, kFwdWarps, fwd_min_blocks(true, sizeof(T))><<<grid, kFwdWarps * 32, 0, stream>>>(p);
     else
       scan_fwd_kernel<T, kN, kVec, kFwdWarps, fwd_min_blocks(false, sizeof(T))><<<grid, kFwdWarps * 32, 0, stream>>>(p);

@@ -21,6 +21,10 @@ constexpr int fwd_min_blocks(bool high, int elem_size) {
   return high ? (elem_size == 4 ? 6 : 8) : (elem_size == 4 ? 5 : 6);
 }
 constexpr int bwd_min_blocks(bool high) { return high ? 4 : 3; }
+// d_state 1 forward on long rows: one block per row (scan_fwd_row_block_kernel) from this many
+// chunks on (vector path, default mode), with 8 instead of 4 warps from kRowBlockWideChunks on.
+constexpr int kRowBlockMinChunks = 8;
+constexpr int kRowBlockWideChunks = 32;
 
 struct ScanParams {
   const void* u;
@@ -47,6 +51,7 @@ struct ScanParams {
   int batch, channels, groups, dg, n_state, length, n_chunks;
   bool softplus;
   bool high_occupancy_fwd, high_occupancy_bwd;  // d_state 1 register budgets (selective_scan.cuh)
+  bool fwd_row_blocks;   // d_state 1 forward: one block per row instead of one warp per row
 };
 
 // vec: every row of u, delta, B, C (and dout) starts 16-byte aligned and the length is a multiple

@@ -6,6 +6,6 @@
 """
 import torch  # noqa: F401  (loads libc10 / libtorch, which _C links against)
 
-from ._C import CHUNK, MAX_D_STATE, bwd, fwd, get_occupancy, set_occupancy  # noqa: F401
+from ._C import CHUNK, MAX_D_STATE, bwd, fwd, get_kernel_modes, set_kernel_modes  # noqa: F401
 
-__all__ = ["fwd", "bwd", "set_occupancy", "get_occupancy", "CHUNK", "MAX_D_STATE"]
+__all__ = ["fwd", "bwd", "set_kernel_modes", "get_kernel_modes", "CHUNK", "MAX_D_STATE"]
