@@ -99,12 +99,30 @@ def test_autocast_with_weight_cache_and_copies():
     assert twin.training_graph._owner is twin
     reference = copy.deepcopy(model)
     reference.training_graph = None
-    reference.zero_grad(set_to_none=True), model.zero_grad(set_to_none=True)
+    exact = copy.deepcopy(reference)
+    for m in (model, reference, exact):
+        m.zero_grad(set_to_none=True)
     for m in (model, reference):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             sum(o.float().mean() for o in m(img)).backward()
-    for a, b in zip(model.parameters(), reference.parameters()):
-        assert _rel(a.grad, b.grad) < 2e-2
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        sum(o.float().mean() for o in exact(img)).backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    # Graphed and eager bf16 gradients are not always bitwise equal: on an H100 each model lands on
+    # one of two rounding variants (4.41e-2 or 4.84e-2 from fp32, all parameters together), so the
+    # two differ by 5e-2 in some processes and by 4e-8 in others.  The graphed gradients are held to
+    # the eager ones' accuracy against fp32 instead, all parameters together and each parameter
+    # (measured: at most 1.8x the eager error); a wrong gradient (a stale weight copy, a missed
+    # update) breaks that, rounding does not.
+    grads = [torch.cat([p.grad.flatten().float() for p in m.parameters()]) for m in (model, reference, exact)]
+    graph_error, eager_error = _rel(grads[0], grads[2]), _rel(grads[1], grads[2])
+    assert graph_error < 1.25 * eager_error, f"vs fp32: graphed {graph_error:.2e}, eager {eager_error:.2e}"
+    for (name, a), b, c in zip(model.named_parameters(), reference.parameters(), exact.parameters()):
+        ratio = _rel(a.grad, c.grad) / max(_rel(b.grad, c.grad), 1e-2)
+        assert ratio < 3.0, f"{name}: graphed error against fp32 {ratio:.2f}x the eager one"
 
 
 def test_backward_through_an_overwritten_replay_is_refused(pair):
