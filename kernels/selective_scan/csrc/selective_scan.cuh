@@ -262,15 +262,21 @@ __device__ __forceinline__ void scan_lane_maps(float& P, float& H, int lane) {
   }
 }
 
+// The state just before a lane's first step: the maps of the lanes before it (the inclusive scan
+// shifted by one lane) applied to h_chunk, the state entering the warp's chunk.
+__device__ __forceinline__ float lane_entry_state(float P, float H, float h_chunk, int lane) {
+  float Pe = __shfl_up_sync(kFull, P, 1);
+  float He = __shfl_up_sync(kFull, H, 1);
+  if (lane == 0) { Pe = 1.f; He = 0.f; }
+  return Pe * h_chunk + He;
+}
+
 // Level 3: from the inclusive lane maps and the state entering the warp's chunk, replays the lane's
 // steps and adds C_t h_t to y.
 __device__ __forceinline__ void replay_steps(float P, float H, float h_chunk, int lane, const float (&a)[kItems],
                                              const float (&bv)[kItems], const float (&Cv)[kItems],
                                              float (&y)[kItems]) {
-  float Pe = __shfl_up_sync(kFull, P, 1);
-  float He = __shfl_up_sync(kFull, H, 1);
-  if (lane == 0) { Pe = 1.f; He = 0.f; }
-  float h = Pe * h_chunk + He;
+  float h = lane_entry_state(P, H, h_chunk, lane);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     h = a[j] * h + bv[j];
@@ -574,10 +580,7 @@ scan_bwd_kernel(const ScanParams p) {
       float P, H;
       fold_steps(dt, uv, Bv, A2[n], a, bv, P, H);
       scan_lane_maps(P, H, lane);
-      float Pe = __shfl_up_sync(kFull, P, 1);
-      float He = __shfl_up_sync(kFull, H, 1);
-      if (lane == 0) { Pe = 1.f; He = 0.f; }
-      const float h_in = Pe * h0 + He;  // h just before this lane's first step
+      const float h_in = lane_entry_state(P, H, h0, lane);
       {
         float h = h_in;
 #pragma unroll
