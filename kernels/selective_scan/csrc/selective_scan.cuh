@@ -364,12 +364,12 @@ scan_fwd_kernel(const ScanParams p) {
 }
 
 // d_state 1, long rows: one block per (batch, channel) row.  Each step the kWarps warps scan
-// kWarps consecutive chunks at once (warp w: chunk kWarps·step + w), so a block streams kWarps·4 KB
-// of each input in one go instead of a warp's 512 bytes; the warps' chunk maps are composed through
-// shared memory (one barrier per step, double-buffered) into each warp's carry-in and the carry of
-// the next step.  On an H100 this beats one warp per row by 3-8 % at SegMAN-S's L = 64² and 128²
-// (benchmarks/RESULTS.md); at L = 32² (four chunks) it does not, and the host keeps that case on
-// scan_fwd_kernel.  Warps past the last chunk scan identity maps (dt = 0) and store nothing.
+// kWarps consecutive chunks at once (warp w: chunk kWarps·step + w), so a block streams kWarps
+// chunks of each input in one go (a chunk: 512 bytes of bf16, 1 KB of fp32) where a warp streams
+// one; the warps' chunk maps are composed through shared memory (one barrier per step,
+// double-buffered) into each warp's carry-in and the carry of the next step.  On an H100 this beats
+// one warp per row by 3-8 % at SegMAN-S's L = 64² and 128² (benchmarks/RESULTS.md); at L = 32² (four
+// chunks) it does not, and the host keeps that case on scan_fwd_kernel.  Warps past the last chunk scan identity maps (dt = 0) and store nothing.
 template <typename T, bool kVec, int kWarps, int kMinBlocks>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 scan_fwd_row_block_kernel(const ScanParams p) {
