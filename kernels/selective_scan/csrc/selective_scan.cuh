@@ -369,7 +369,8 @@ scan_fwd_kernel(const ScanParams p) {
 // one; the warps' chunk maps are composed through shared memory (one barrier per step,
 // double-buffered) into each warp's carry-in and the carry of the next step.  On an H100 this beats
 // one warp per row by 3-8 % at SegMAN-S's L = 64² and 128² (benchmarks/RESULTS.md); at L = 32² (four
-// chunks) it does not, and the host keeps that case on scan_fwd_kernel.  Warps past the last chunk scan identity maps (dt = 0) and store nothing.
+// chunks) it does not, and the host keeps that case on scan_fwd_kernel.  Warps past the last chunk
+// scan identity maps (dt = 0) and store nothing.
 template <typename T, bool kVec, int kWarps, int kMinBlocks>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 scan_fwd_row_block_kernel(const ScanParams p) {
