@@ -181,9 +181,9 @@ def table(args) -> None:
         print("|---" * (head.count("|") - 1) + "|")
         for line in lines:
             print(line)
-    print("\ntriton tiles (kind, K, head_dim, dtype) -> tile:")
+    print("\ntriton tiles (kind, K, head_dim, dtype, key run of a 16-wide tile) -> tile:")
     for key, tile in sorted(tb._TUNED.items(), key=str):
-        print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} {tuple(tile)}")
+        print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} run={key[4]:2d} {tuple(tile)}")
 
 
 KINDS = ("fwd", "dq", "dkdv")

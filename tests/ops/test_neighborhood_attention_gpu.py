@@ -200,15 +200,19 @@ def test_wide_border_band(backend):
 
 @needs_cuda
 def test_every_candidate_tile():
-    """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv kernels)."""
+    """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv kernels), also on
+    maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32), and fp32 on 8 and
+    16 warps with 8-pixel tiles (``tile_run``)."""
     tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
     try:
-        for kernel_size, head_dim, dtype in [(7, 32, F32), (11, 36, BF16), (3, 128, F16), (9, 64, F32)]:
+        for kernel_size, head_dim, dtype, width in [(7, 32, F32, 21), (7, 20, BF16, 12), (11, 36, BF16, 21),
+                                                    (3, 128, F16, 21), (9, 64, F32, 21), (5, 128, F32, 11),
+                                                    (5, 64, F32, 11)]:
             tiles = {kind: tb.candidates(kind, kernel_size, head_dim, dtype) for kind in ("fwd", "dq", "dkdv")}
             for i in range(max(len(t) for t in tiles.values())):
                 pick = {kind: t[min(i, len(t) - 1)] for kind, t in tiles.items()}
                 tb.force_tiles(**pick)
-                run_case("triton", 1, 2, 19, 21, head_dim, kernel_size, dtype, seed=i)
+                run_case("triton", 1, 2, 19 if width > 16 else 13, width, head_dim, kernel_size, dtype, seed=i)
     finally:
         tb.force_tiles()
 
@@ -226,7 +230,8 @@ def test_autotuner_times_candidates_on_the_gpu(monkeypatch):
         run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, seed=3)
     torch.cuda.synchronize()
     for kind in ("fwd", "dq", "dkdv"):
-        assert tb._TUNED[(kind, kernel_size, head_dim, dtype)] in tb.candidates(kind, kernel_size, head_dim, dtype)
+        key = (kind, kernel_size, head_dim, dtype, tb.key_run(tb.MAX_TW, kernel_size, 17))
+        assert tb._TUNED[key] in tb.candidates(kind, kernel_size, head_dim, dtype)
 
 
 @needs_cuda

@@ -45,22 +45,24 @@ def compile_sm90(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_s
 
 
 def _na_cases():
-    for dtype, kernel_size, head_dim, tile in (("bf16", 11, 32, na.Tile(4, 2, 1, 4)),
-                                               ("fp32", 7, 36, na.Tile(4, 2, 2, 8)),
-                                               ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8)),
-                                               ("bf16", 3, 128, na.Tile(2, 4, 1, 4))):
+    for dtype, kernel_size, head_dim, tile, width in (("bf16", 11, 32, na.Tile(4, 2, 1, 4), 128),
+                                                      ("fp32", 7, 36, na.Tile(4, 2, 2, 8), 64),
+                                                      ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8), 64),
+                                                      ("bf16", 7, 32, na.Tile(4, 2, 4, 4), 16),  # runs of 16
+                                                      ("bf16", 3, 128, na.Tile(2, 4, 1, 4), 64)):
         geo = na.geometry(kernel_size)
         common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
                       **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32",
                       ALIGN=1 if dtype == "fp32" else 4)  # both stride paths
-        run = na.key_run(tile.tw, kernel_size)
+        run = na.key_run(tile.tw, kernel_size, width)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
         vec = {"VEC_BIAS": dtype != "fp32"}
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
                {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
-        yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
+        yield (f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
+               {**common, "ROWS": min(tile.rows, 2), "QWP": run}, ptrs, tile)
 
 
 def _scan_cases():

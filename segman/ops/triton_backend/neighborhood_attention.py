@@ -12,10 +12,11 @@ is the reference).  Per query pixel ``(i, j)`` with window origin ``s = clamp(i 
 Here the (…, K²) tensors never reach global memory.  A program owns ``TR`` tiles of ``TH`` rows ×
 ``TW`` (16 or 8) query pixels (``M = TH·TW`` queries, one ``tl.dot`` operand, spread over the warps).  The
 tile's queries share their window columns, so a key row is one contiguous run of
-``RWP = pow2(TW + K - 1)`` pixels; the program walks the ``K + TH - 1`` key rows that some window of
-the tile holds, scores the whole tile against each run with ``tl.dot`` (head_dim padded to a power
-of two by masks) and folds it into an online softmax.  Scored keys per query: ``(K + TH - 1)·RWP``
-against ``K² `` needed; in exchange each loaded key row serves ``M`` queries and the warps share it.
+``RWP = pow2(TW + K - 1)`` pixels (``pow2(W)`` if the map is narrower); the program walks the
+``K + TH - 1`` key rows that some window of the tile holds, ``ROWS`` at a time, scores the whole tile
+against their runs with one ``tl.dot`` (head_dim padded to a power of two by masks) and folds it into
+an online softmax.  Scored keys per query: ``(K + TH - 1)·RWP`` (rounded up to whole steps) against
+``K²`` needed; in exchange each loaded key row serves ``M`` queries and the warps share it.
 
 Masking costs no arithmetic: the bias comes from a *bias table* built per call from ``rpb``
 (``bias_table``): ``table[head, e, row, CO + c]`` is ``rpb[head, row, c] / ln 2`` when bias column
@@ -158,9 +159,10 @@ def _dot_acc(p, ya, yb, acc_a, acc_b, SPLIT: tl.constexpr, PRECISION: tl.constex
 # Tiles.  A program owns ``TR`` tiles, one below the other, of ``TH`` pixel rows × ``TW`` columns.
 # Element ``m`` of a tile (``M = TH·TW``) is pixel (row0 + m % TH, col0 + m // TH): column-major, so
 # that in the row-cyclic register layout of the d_rpb reduction one warp holds one tile row.  The
-# forward and dq kernels tile queries and walk key rows, ``ROWS`` per step (two independent dots in
-# flight); the dk/dv kernel tiles keys and walks query rows.  The bias table (module docstring) has
-# ``K + 1`` slabs of ``2K`` rows × ``CW`` columns per head; bias column ``c`` sits at column ``CO + c``.
+# forward and dq kernels tile queries and walk key rows, ``ROWS`` per step scored by one dot; the dk/dv
+# kernel tiles keys and walks query rows, ``ROWS`` chunks per step (independent dots in flight).  The
+# bias table (module docstring) has ``K + 1`` slabs of ``2K`` rows × ``CW`` columns per head; bias
+# column ``c`` sits at column ``CO + c``.
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -205,29 +207,42 @@ def _query_tile(i0, j0, H, W, table_head, col0, KS: tl.constexpr, TH: tl.constex
 
 
 @triton.jit
-def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr, TW: tl.constexpr):
-    """Key columns of a query tile's key rows: the ``RWP`` loaded ones (clamped into the union of the
-    tile's windows) and the first."""
+def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, TW: tl.constexpr):
+    """Key columns of a query tile's step of ``ROWS`` key rows, ``ROWS·RWP`` keys, row after row: the
+    loaded ones (clamped into the union of the tile's windows), and the first."""
     col0 = _window_start(j0, W, KS)
     col1 = _window_start(tl.minimum(j0 + TW, W) - 1, W, KS) + KS
-    return tl.minimum(col0 + tl.arange(0, RWP), col1 - 1), col0
+    return tl.minimum(col0 + tl.arange(0, ROWS * RWP) % RWP, col1 - 1), col0
 
 
 @triton.jit
-def _key_row(qa, qb, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, D,
-             KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-             SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
-    """Key row ``kr`` (clamped into the map for loading) of a query tile: ``k``, ``v`` (``[RWP, D]``
-    each in two parts) and the log2-scaled logits ``[M, RWP]``, ``-inf`` outside each query's window
-    (rows past the map are outside every window)."""
-    kr_in = tl.minimum(kr, H - 1)
-    ka, kb = _load_head(K + kr_in * skh, k_rows, k_rows, D, False, DA, DB, SPLIT, EVEN_D)
-    va, vb = _load_head(V + kr_in * svh, v_rows, v_rows, D, False, DA, DB, SPLIT, EVEN_D)
-    row = tl.where((kr >= si) & (kr < si + KS), kr - qi + (KS - 1), 2 * KS - 1)
-    offsets = col_base + row * CW
-    if VEC_BIAS:
-        offsets = tl.multiple_of(offsets, 4)
-    bias = tl.load(TABLE + offsets[:, None] + tl.arange(0, RWP)[None, :])
+def _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, D,
+              KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, DA: tl.constexpr,
+              DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+              VEC_BIAS: tl.constexpr):
+    """Key rows ``kr ..< kr + ROWS`` (clamped into the map for loading) of a query tile, as one run of
+    ``N = ROWS·RWP`` keys: ``k``, ``v`` (``[N, D]`` each in two parts) and the log2-scaled logits
+    ``[M, N]``, ``-inf`` outside each query's window (rows past the map are outside every window)."""
+    n = tl.arange(0, ROWS * RWP)
+    if ROWS == 1:  # a scalar key row and one bias row per query: fewer registers
+        K += tl.minimum(kr, H - 1) * skh
+        V += tl.minimum(kr, H - 1) * svh
+        starts = col_base + tl.where((kr >= si) & (kr < si + KS), kr - qi + (KS - 1), 2 * KS - 1) * CW
+        if VEC_BIAS:
+            starts = tl.multiple_of(starts, 4)
+        offsets = starts[:, None] + n[None, :]
+    else:
+        key_row = kr + n // RWP
+        k_cols += tl.minimum(key_row, H - 1) * skh
+        v_cols += tl.minimum(key_row, H - 1) * svh
+        inside = (key_row[None, :] >= si[:, None]) & (key_row[None, :] < si[:, None] + KS)
+        row = tl.where(inside, key_row[None, :] - qi[:, None] + (KS - 1), 2 * KS - 1)
+        offsets = col_base[:, None] + row * CW + (n % RWP)[None, :]
+        if VEC_BIAS:  # runs of 4 along a row start 16-byte aligned: col_base, CW and RWP are multiples of 4
+            offsets = tl.max_contiguous(tl.multiple_of(offsets, [1, 4]), [1, 4])
+    ka, kb = _load_head(K, k_cols, k_cols, D, False, DA, DB, SPLIT, EVEN_D)
+    va, vb = _load_head(V, v_cols, v_cols, D, False, DA, DB, SPLIT, EVEN_D)
+    bias = tl.load(TABLE + offsets)
     return ka, kb, va, vb, _dot_rows(qa, qb, ka, kb, SPLIT, PRECISION) * qk_scale + bias
 
 
@@ -244,7 +259,6 @@ def _na2d_fwd_kernel(
     RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
 ):
-    tl.static_assert(RWP >= TW + KS - 1)
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
@@ -254,11 +268,11 @@ def _na2d_fwd_kernel(
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
     i_first, j0 = _tile_origin(TR * TH, W, TW)
-    kc_load, col0 = _key_columns(j0, W, KS, RWP, TW)
+    kc_load, col0 = _key_columns(j0, W, KS, RWP, ROWS, TW)
     k_base = K + b * skb + n * skn                                  # scalar bases, int32 offsets
     v_base = V + b * svb + n * svn
-    k_rows = kc_load * skw
-    v_rows = kc_load * svw
+    k_cols = kc_load * skw
+    v_cols = kc_load * svw
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
@@ -269,23 +283,15 @@ def _na2d_fwd_kernel(
         l_i = tl.zeros([TH * TW], tl.float32)
         acc_a = tl.zeros([TH * TW, DA], tl.float32)
         acc_b = tl.zeros([TH * TW, DB], tl.float32)
-        for kr in range(r_lo, r_hi, ROWS):
-            _, _, va0, vb0, s0 = _key_row(qa, qb, k_base, v_base, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base,
-                                          TABLE, qk_scale, D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
-            m_new = tl.maximum(m_i, tl.max(s0, 1))
-            if ROWS == 2:  # the next row past r_hi is outside every window
-                _, _, va1, vb1, s1 = _key_row(qa, qb, k_base, v_base, k_rows, v_rows, kr + 1, H, skh, svh, qi, si,
-                                              col_base, TABLE, qk_scale, D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D,
-                                              PRECISION, VEC_BIAS)
-                m_new = tl.maximum(m_new, tl.max(s1, 1))
+        for kr in range(r_lo, r_hi, ROWS):  # rows past r_hi are outside every window
+            _, _, va, vb, s = _key_rows(qa, qb, k_base, v_base, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base,
+                                        TABLE, qk_scale, D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION,
+                                        VEC_BIAS)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s0 - m_new[:, None])
+            p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc_a, acc_b = _dot_acc(p, va0, vb0, acc_a * alpha[:, None], acc_b * alpha[:, None], SPLIT, PRECISION)
-            if ROWS == 2:
-                p = tl.exp2(s1 - m_new[:, None])
-                l_i += tl.sum(p, 1)
-                acc_a, acc_b = _dot_acc(p, va1, vb1, acc_a, acc_b, SPLIT, PRECISION)
+            acc_a, acc_b = _dot_acc(p, va, vb, acc_a * alpha[:, None], acc_b * alpha[:, None], SPLIT, PRECISION)
             m_i = m_new
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
         _store_head(O + b * sob + n * son, qi * soh + qj * sow, q_ok, acc_a / l_i[:, None], acc_b / l_i[:, None], D,
@@ -298,23 +304,29 @@ def _na2d_fwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE,
-                qk_scale, lse, delta, D, g_idx, g_ok, row_t, row_si, row_ok, part, c, DRPB,
-                KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-                SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, VEC_BIAS: tl.constexpr):
-    """One key row of the dq walk: returns ``dq + ds @ k`` (``[M, D]`` in parts); stores this row's d_rpb
-    partials."""
-    ka, kb, va, vb, s = _key_row(qa, qb, K, V, k_rows, v_rows, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
-                                 D, KS, CW, RWP, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
+def _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE,
+                 qk_scale, lse, delta, D, g_row, g_col, g_idx, g_ok, row_t, row_si, row_ok, part, DRPB,
+                 KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, TH: tl.constexpr,
+                 TW: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, DA: tl.constexpr,
+                 DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+                 VEC_BIAS: tl.constexpr):
+    """One step of the dq walk, key rows ``kr ..< kr + ROWS``: returns ``dq + ds @ k`` (``[M, D]`` in
+    parts); stores these rows' d_rpb partials."""
+    ka, kb, va, vb, s = _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
+                                  D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
     p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
     ds = p * (_dot_rows(do_a, do_b, va, vb, SPLIT, PRECISION) - delta[:, None])
-    if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of this key row
-        y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, BP]
-        y = tl.sum(tl.reshape(y, (TW, TH, BP)), axis=0)                                # [TH, BP]
-        a = kr - row_si                                                                 # window row
-        tl.store(DRPB + (part + kr - row_t + (KS - 1))[:, None] * NBC + c[None, :], y,
-                 mask=(row_ok & (a >= 0) & (a < KS))[:, None] & (c < NBC)[None, :])
+    if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of each key row
+        y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                          # [M, ROWS·BP]
+        y = tl.sum(tl.reshape(y, (TW, TH, ROWS * BP)), axis=0)                         # [TH, ROWS·BP]
+        if ROWS == 1:  # a scalar key row: fewer registers
+            key_row = kr
+            a = (kr - row_si)[:, None]                                                  # window row
+        else:
+            key_row = kr + g_row
+            a = key_row[None, :] - row_si[:, None]
+        tl.store(DRPB + ((part - row_t + (KS - 1)) * NBC)[:, None] + (key_row * NBC + g_col)[None, :], y,
+                 mask=row_ok[:, None] & (a >= 0) & (a < KS) & (g_col < NBC)[None, :])
     return _dot_acc(ds, ka, kb, dq_a, dq_b, SPLIT, PRECISION)
 
 
@@ -329,7 +341,6 @@ def _na2d_bwd_dq_kernel(
     SPLIT: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
     ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
 ):
-    tl.static_assert(RWP >= TW + KS - 1)
     tl.static_assert((BP >= NBC) & (NBC >= 2 * KS - 1))
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
@@ -342,22 +353,27 @@ def _na2d_bwd_dq_kernel(
     b = (pid_bh // heads).to(tl.int64)
     n = pid_bh % heads
     i_first, j0 = _tile_origin(TR * TH, W, TW)
-    kc_load, col0 = _key_columns(j0, W, KS, RWP, TW)
+    kc_load, col0 = _key_columns(j0, W, KS, RWP, ROWS, TW)
     k_base = K + b * skb + n * skn
     v_base = V + b * svb + n * svn
-    k_rows = kc_load * skw
-    v_rows = kc_load * svw
+    k_cols = kc_load * skw
+    v_cols = kc_load * svw
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
 
-    # d_rpb: bias column c of query column qj sits at column g_idx[m, c] of a key row.
+    # d_rpb: bias column c of query column qj, in row r of a step, sits at key g_idx[m, r·BP + c].
     qj_tile = j0 + tl.arange(0, TH * TW) // TH
-    c = tl.arange(0, BP)
-    g_idx = c[None, :] + (qj_tile - (KS - 1) - col0)[:, None]
-    g_ok = (g_idx >= 0) & (g_idx < RWP) & (c < 2 * KS - 1)[None, :] & (qj_tile < W)[:, None]
-    g_idx = tl.minimum(tl.maximum(g_idx, 0), RWP - 1)
+    g = tl.arange(0, ROWS * BP)
+    g_row = g // BP
+    g_col = g % BP
+    g_key = g_col[None, :] + (qj_tile - (KS - 1) - col0)[:, None]
+    g_ok = (g_key >= 0) & (g_key < RWP) & (g_col < 2 * KS - 1)[None, :] & (qj_tile < W)[:, None]
+    g_idx = tl.minimum(tl.maximum(g_key, 0), RWP - 1)
+    if ROWS > 1:
+        g_idx += g_row[None, :] * RWP
     tiles_w = tl.cdiv(W, TW)
     tile_col = tl.program_id(0) % tiles_w
     t = tl.arange(0, TH)
+    c = tl.arange(0, BP)
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
@@ -383,16 +399,11 @@ def _na2d_bwd_dq_kernel(
                          mask=(row_ok & ((a < 0) | (a >= KS)))[:, None] & (c < NBC)[None, :])
         dq_a = tl.zeros([TH * TW, DA], tl.float32)
         dq_b = tl.zeros([TH * TW, DB], tl.float32)
-        for kr in range(r_lo, r_hi, ROWS):
-            dq_a, dq_b = _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_rows, v_rows, kr, H, skh, svh,
-                                     qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_idx, g_ok, row_t, row_si,
-                                     row_ok, part, c, DRPB, KS, CW, RWP, TH, TW, BP, NBC, RPB_GRAD, DA, DB, SPLIT,
-                                     EVEN_D, PRECISION, VEC_BIAS)
-            if ROWS == 2:  # the next row past r_hi is outside every window: ds = 0, nothing stored
-                dq_a, dq_b = _dq_key_row(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_rows, v_rows, kr + 1, H,
-                                         skh, svh, qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_idx, g_ok,
-                                         row_t, row_si, row_ok, part, c, DRPB, KS, CW, RWP, TH, TW, BP, NBC,
-                                         RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
+        for kr in range(r_lo, r_hi, ROWS):  # rows past r_hi are outside every window: ds = 0, nothing stored
+            dq_a, dq_b = _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_cols, v_cols, kr, H, skh,
+                                      svh, qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_row, g_col, g_idx,
+                                      g_ok, row_t, row_si, row_ok, part, DRPB, KS, CW, RWP, ROWS, TH, TW, BP, NBC,
+                                      RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
         _store_head(DQ + b * sgb + n * sgn, qi * sgh + qj * sgw, q_ok, dq_a * scale, dq_b * scale, D, DA, DB, SPLIT)
 
 
@@ -441,6 +452,7 @@ def _na2d_bwd_dkdv_kernel(
     QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
+    tl.static_assert(ROWS <= 2)
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
@@ -492,7 +504,9 @@ def _na2d_bwd_dkdv_kernel(
 
 class Tile(NamedTuple):
     """A program's work: ``tr`` tiles of ``th`` rows × ``tw`` pixels, ``rows`` partner rows per step, on
-    ``num_warps`` warps with ``num_stages`` pipeline stages."""
+    ``num_warps`` warps with ``num_stages`` pipeline stages.  The forward and dq kernels score a step's
+    key rows with one dot (``rows`` a power of two); the dk/dv kernel takes ``rows`` (1 or 2) query
+    chunks per step, one dot each."""
 
     th: int
     tr: int = 1
@@ -506,10 +520,21 @@ def _pow2(x: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(x))
 
 
-def key_run(tile_width: int, kernel_size: int) -> int:
-    """Pixels per key row of a query tile ``tile_width`` wide: ``pow2(TW + K - 1)`` (also the dk/dv
-    kernel's run of query columns per key tile)."""
-    return _pow2(tile_width + kernel_size - 1)
+def key_run(tile_width: int, kernel_size: int, width: Optional[int] = None) -> int:
+    """Pixels per key row of a query tile ``tile_width`` wide: ``pow2(TW + K - 1)``, or ``pow2(W)`` on a
+    map ``width`` ``W`` narrower than that (the tile's windows then span at most the ``W`` columns); also
+    the dk/dv kernel's run of query columns per key tile."""
+    run = _pow2(tile_width + kernel_size - 1)
+    return run if width is None else min(run, _pow2(width))
+
+
+def tile_run(tile: Tile, kernel_size: int, width: int, dtype: torch.dtype) -> int:
+    """The key run (``RWP``, the dk/dv kernel's ``QWP``) a launch of ``tile`` uses on maps ``width`` wide:
+    ``key_run``, but at least 32 for fp32 on 8 or more warps.  Triton 3.6's tf32x3 dots 16 keys wide
+    on 8 or more warps fault with an illegal address on an H100 (found through the runs capped at a
+    narrow map's width; an 8-pixel tile at K ≤ 9 and head_dim 128 hit it too)."""
+    run = key_run(tile.tw, kernel_size, width)
+    return max(run, 32) if dtype == torch.float32 and tile.num_warps >= 8 else run
 
 
 class HeadParts(NamedTuple):
@@ -559,16 +584,25 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
     share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
-    pipeline stage and one partner row per step win almost everywhere; fp32 with a (padded) head_dim
-    of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8.  Where a
-    tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score
-    (K + 7)·16 keys per query instead of (K + 3)·32."""
+    pipeline stage wins everywhere; fp32 with a (padded) head_dim of 64 or more (tf32x3 triples the
+    operands) spills on 4 warps, so it also tries 8 (at 128 it uses 8 only: 16 warps faulted on an
+    H100).  Where a tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32),
+    8 × 8 tiles score (K + 7)·16 keys per query instead of (K + 3)·32.  On small maps (SegMAN stages
+    3-4) the forward and dq kernels gain 10-30 % from 2-4 key rows per dot; with a head_dim of 128
+    those dots would spill."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
+    narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
     tiles = [Tile(4, 2, 1, warps), Tile(4, 4, 1, warps), Tile(2, 4, 1, warps // 2), Tile(4, 2, 2, warps)]
-    if key_run(8, kernel_size) < key_run(MAX_TW, kernel_size):
+    if narrow:
         tiles += [Tile(8, 1, 1, warps, tw=8), Tile(8, 2, 1, warps, tw=8), Tile(4, 2, 1, warps // 2, tw=8)]
-    if dtype == torch.float32 and dp >= 64:
+    if kind != "dkdv" and dp < 128:
+        tiles += [Tile(2, 4, 2, warps // 2)]
+        if narrow:
+            tiles += [Tile(8, 1, 2, warps, tw=8), Tile(4, 2, 2, warps // 2, tw=8)]
+        if kind == "fwd":
+            tiles += [Tile(4, 2, 4, warps)] + ([Tile(8, 1, 4, warps, tw=8)] if narrow else [])
+    if dtype == torch.float32 and 64 <= dp < 128:  # not 16 warps (dp 128): they faulted, see tile_run
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     return tiles
 
@@ -611,11 +645,12 @@ def _gpu_ms(fn, calls: int = 10, replays: int = 3) -> float:
     return best
 
 
-def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, launch) -> Tile:
-    """The tile for ``kind``: forced, cached, the default, or the fastest candidate of ``launch``."""
+def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, width: int, launch) -> Tile:
+    """The tile for ``kind``: forced, cached, the default, or the fastest candidate of ``launch``.  Tuned
+    per key run on maps ``width`` wide (narrow maps shorten the runs of wide tiles, see ``key_run``)."""
     if kind in _FORCED:
         return _FORCED[kind]
-    key = (kind, kernel_size, head_dim, dtype)
+    key = (kind, kernel_size, head_dim, dtype, key_run(MAX_TW, kernel_size, width))
     if key in _TUNED:
         return _TUNED[key]
     tiles = candidates(kind, kernel_size, head_dim, dtype)
@@ -742,10 +777,10 @@ def _forward(q, k, v, table, kernel_size: int, scale: float):
         _COMPILED["fwd"] = _na2d_fwd_kernel[_grid(tile, q)](
             q, k, v, table, o, lse, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o),
             heads, height, width, head_dim, scale * LOG2E, table.shape[0],
-            RWP=key_run(tile.tw, kernel_size), VEC_BIAS=_vector_bias(q.dtype),
+            RWP=tile_run(tile, kernel_size, width, q.dtype), VEC_BIAS=_vector_bias(q.dtype),
             **_launch_args(tile, kernel_size, q, k, v))
 
-    launch(_pick("fwd", kernel_size, head_dim, q.dtype, launch))
+    launch(_pick("fwd", kernel_size, head_dim, q.dtype, width, launch))
     return o, lse
 
 
@@ -767,11 +802,11 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
-            RWP=key_run(tile.tw, kernel_size), **widths, VEC_BIAS=_vector_bias(q.dtype),
+            RWP=tile_run(tile, kernel_size, width, q.dtype), **widths, VEC_BIAS=_vector_bias(q.dtype),
             **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
-    buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, launch))
+    buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, width, launch))
     if not rpb_grad:
         return dq, delta, None
     return dq, delta, _sum_partials(buf.view(-1, heads * nb * nbc)).view(heads, nb, nbc)[:, :, :nb]
@@ -796,9 +831,9 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
             q, k, v, table, do, lse, delta, dk, dv,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
-            QWP=key_run(tile.tw, kernel_size), **_launch_args(tile, kernel_size, q, k, v, do))
+            QWP=tile_run(tile, kernel_size, width, q.dtype), **_launch_args(tile, kernel_size, q, k, v, do))
 
-    launch(_pick("dkdv", kernel_size, head_dim, q.dtype, launch))
+    launch(_pick("dkdv", kernel_size, head_dim, q.dtype, width, launch))
     return dk, dv
 
 
