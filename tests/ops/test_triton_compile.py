@@ -61,8 +61,7 @@ def _na_cases():
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
                {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
-        yield (f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
-               {**common, "ROWS": min(tile.rows, 2), "QWP": run}, ptrs, tile)
+        yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
 
 
 def _scan_cases():

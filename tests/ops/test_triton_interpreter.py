@@ -88,7 +88,7 @@ cases = [  # batch, heads, height, width, head_dim, kernel size, rpb, tile
     (2, 1, 11, 12, 36, 5, True, tb.Tile(2, 4, 2, 2)),          # runs of 16 on a 12-wide map, head dim 32 + 16
 ]
 for batch, heads, height, width, head_dim, ks, with_rpb, tile in cases:
-    tb.force_tiles(tile, tile, tile._replace(rows=min(tile.rows, 2)))  # dk/dv: 1 or 2 chunks per step
+    tb.force_tiles(tile, tile, tile)
     q, k, v = (torch.randn(batch, heads, height, width, head_dim, requires_grad=True) for _ in range(3))
     rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, requires_grad=True) if with_rpb else None
     leaves = [q, k, v] + ([rpb] if with_rpb else [])

@@ -159,10 +159,10 @@ def _dot_acc(p, ya, yb, acc_a, acc_b, SPLIT: tl.constexpr, PRECISION: tl.constex
 # Tiles.  A program owns ``TR`` tiles, one below the other, of ``TH`` pixel rows × ``TW`` columns.
 # Element ``m`` of a tile (``M = TH·TW``) is pixel (row0 + m % TH, col0 + m // TH): column-major, so
 # that in the row-cyclic register layout of the d_rpb reduction one warp holds one tile row.  The
-# forward and dq kernels tile queries and walk key rows, ``ROWS`` per step scored by one dot; the dk/dv
-# kernel tiles keys and walks query rows, ``ROWS`` chunks per step (independent dots in flight).  The
-# bias table (module docstring) has ``K + 1`` slabs of ``2K`` rows × ``CW`` columns per head; bias
-# column ``c`` sits at column ``CO + c``.
+# forward and dq kernels tile queries and walk key rows; the dk/dv kernel tiles keys and walks chunks
+# of query rows.  Each scores ``ROWS`` rows or chunks per step with one dot.  The bias table (module
+# docstring) has ``K + 1`` slabs of ``2K`` rows × ``CW`` columns per head; bias column ``c`` sits at
+# column ``CO + c``.
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -412,29 +412,38 @@ def _na2d_bwd_dq_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dkdv_query_chunk(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c, w,
-                      H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
-                      KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr, DA: tl.constexpr,
-                      DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr):
-    """Step ``it`` of the dk/dv walk (query row ``lo_r + it // n_cc``, chunk ``it % n_cc`` of the query
-    columns; steps past ``n_it`` are all ``-inf``): returns ``dk + ds @ q`` and ``dv + p @ dO``, each
-    in its two parts."""
-    it_ok = it < n_it
-    it = tl.minimum(it, n_it - 1)
-    qi = lo_r + it // n_cc
-    qc = lo_c + (it % n_cc) * QWP + w
-    qc_ok = (qc <= hi_c) & it_ok
+def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c,
+                       H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
+                       KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr, ROWS: tl.constexpr,
+                       DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """Steps ``it ..< it + ROWS`` of the dk/dv walk, scored by one dot (step ``t``: query row
+    ``lo_r + t // n_cc``, chunk ``t % n_cc`` of the query columns; steps past ``n_it`` are all ``-inf``):
+    returns ``dk + ds @ q`` and ``dv + p @ dO``, each in its two parts."""
+    n = tl.arange(0, ROWS * QWP)
+    step = it
+    if ROWS > 1:  # else a scalar step: fewer registers
+        step = it + n // QWP
+    step_ok = step < n_it
+    step = tl.minimum(step, n_it - 1)
+    qi = lo_r + step // n_cc
+    qc = lo_c + (step % n_cc) * QWP + n % QWP
+    qc_ok = (qc <= hi_c) & step_ok
     qc_in = tl.minimum(qc, hi_c)                                    # past the band: loaded, masked out
-    qa, qb = _load_head(Q + qi * sqh, qc_in * sqw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
-    do_a, do_b = _load_head(DO + qi * sdh, qc_in * sdw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
+    qa, qb = _load_head(Q, qi * sqh + qc_in * sqw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
+    do_a, do_b = _load_head(DO, qi * sdh + qc_in * sdw, qc_ok, D, False, DA, DB, SPLIT, EVEN_D)
     lse = tl.load(LSE + qi * W + qc_in)
     delta = tl.load(DELTA + qi * W + qc_in)
     # The table: rows from the keys (relative to query row qi), slabs and columns from the queries.
     si = _window_start(qi, H, KS)
-    row = tl.where((kr >= si) & (kr < si + KS) & k_ok, kr - qi + (KS - 1), 2 * KS - 1)
+    if ROWS > 1:
+        qi = qi[None, :]
+        si = si[None, :]
+    row = tl.where((kr[:, None] >= si) & (kr[:, None] < si + KS) & k_ok[:, None], kr[:, None] - qi + (KS - 1),
+                   2 * KS - 1)
     slab = tl.where(qc_ok, _window_start(qc, W, KS) - qc + (KS - 1), KS)
     col = tl.where(qc_ok, CO + (KS - 1) - qc, CO - lo_c)             # the -inf slab: kc - lo_c < CW - CO
-    bias = tl.load(TABLE + (table_head + row * CW + kc)[:, None] + (slab * (2 * KS * CW) + col)[None, :])
+    bias = tl.load(TABLE + (table_head + row * CW + kc[:, None]) + (slab * (2 * KS * CW) + col)[None, :])
     s = _dot_rows(ka, kb, qa, qb, SPLIT, PRECISION) * qk_scale + bias                      # [keys, queries]
     p = tl.exp2(s - lse[None, :])
     ds = p * (_dot_rows(va, vb, do_a, do_b, SPLIT, PRECISION) - delta[None, :])
@@ -452,7 +461,6 @@ def _na2d_bwd_dkdv_kernel(
     QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
-    tl.static_assert(ROWS <= 2)
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
@@ -469,7 +477,6 @@ def _na2d_bwd_dkdv_kernel(
     lo_c = _query_lo(j0, KS)
     hi_c = _query_hi(tl.minimum(j0 + TW, W) - 1, W, KS)
     n_cc = tl.cdiv(hi_c - lo_c + 1, QWP)
-    w = tl.arange(0, QWP)
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
 
     for r0 in range(r_first, tl.minimum(r_first + TR * TH, H), TH):
@@ -484,15 +491,10 @@ def _na2d_bwd_dkdv_kernel(
         dk_b = tl.zeros([TH * TW, DB], tl.float32)
         dv_b = tl.zeros([TH * TW, DB], tl.float32)
         for it in range(0, n_it, ROWS):
-            dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunk(
+            dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunks(
                 dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
-                lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
-                KS, CO, CW, QWP, DA, DB, SPLIT, EVEN_D, PRECISION)
-            if ROWS == 2:
-                dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunk(
-                    dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats, it + 1,
-                    n_it, n_cc, lo_r, lo_c, hi_c, w, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE,
-                    qk_scale, D, KS, CO, CW, QWP, DA, DB, SPLIT, EVEN_D, PRECISION)
+                lo_r, lo_c, hi_c, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
+                KS, CO, CW, QWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION)
         rows = ((pid_bh.to(tl.int64) * H + kr) * W + kc) * D                                # dk, dv: contiguous
         _store_head(DK, rows, k_ok, dk_a * scale, dk_b * scale, D, DA, DB, SPLIT)
         _store_head(DV, rows, k_ok, dv_a, dv_b, D, DA, DB, SPLIT)
@@ -504,9 +506,8 @@ def _na2d_bwd_dkdv_kernel(
 
 class Tile(NamedTuple):
     """A program's work: ``tr`` tiles of ``th`` rows × ``tw`` pixels, ``rows`` partner rows per step, on
-    ``num_warps`` warps with ``num_stages`` pipeline stages.  The forward and dq kernels score a step's
-    key rows with one dot (``rows`` a power of two); the dk/dv kernel takes ``rows`` (1 or 2) query
-    chunks per step, one dot each."""
+    ``num_warps`` warps with ``num_stages`` pipeline stages: key rows (forward, dq) or query chunks
+    (dk/dv), scored by one dot; ``rows`` is a power of two."""
 
     th: int
     tr: int = 1
@@ -588,15 +589,15 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     operands) spills on 4 warps, so it also tries 8 (at 128 it uses 8 only: 16 warps faulted on an
     H100).  Where a tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32),
     8 × 8 tiles score (K + 7)·16 keys per query instead of (K + 3)·32.  On small maps (SegMAN stages
-    3-4) the forward and dq kernels gain 10-30 % from 2-4 key rows per dot; with a head_dim of 128
-    those dots would spill."""
+    3-4) the kernels gain 10-30 % from 2-4 rows per dot; with a head_dim of 128 those dots would
+    spill."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
     tiles = [Tile(4, 2, 1, warps), Tile(4, 4, 1, warps), Tile(2, 4, 1, warps // 2), Tile(4, 2, 2, warps)]
     if narrow:
         tiles += [Tile(8, 1, 1, warps, tw=8), Tile(8, 2, 1, warps, tw=8), Tile(4, 2, 1, warps // 2, tw=8)]
-    if kind != "dkdv" and dp < 128:
+    if dp < 128:
         tiles += [Tile(2, 4, 2, warps // 2)]
         if narrow:
             tiles += [Tile(8, 1, 2, warps, tw=8), Tile(4, 2, 2, warps // 2, tw=8)]
