@@ -53,6 +53,29 @@ def test_bias_table_holds_rpb_inside_windows_and_minus_inf_outside(kernel_size):
     assert (mask_only[torch.isfinite(mask_only)] == 0).all()
 
 
+def test_key_runs_cover_the_windows_and_fp32_launches_avoid_the_faulting_shapes():
+    """A tile's key run is a power of two that holds the union of its queries' windows: ``TW + K - 1``
+    columns, or the whole map when it is narrower (the run is then capped at ``pow2(W)``).  fp32
+    launches on 8+ warps keep runs of at least 32, and no fp32 candidate uses 16 warps: both faulted
+    with an illegal address on an H100 (``tile_run``)."""
+    for tw in (8, 16):
+        for kernel_size in (3, 5, 7, 9, 11, 13):
+            for width in range(kernel_size, 70):
+                run = tb.key_run(tw, kernel_size, width)
+                assert run & (run - 1) == 0 and run >= min(tw + kernel_size - 1, width)
+    assert tb.key_run(16, 7, 16) == 16 and tb.key_run(16, 7, 32) == 32 and tb.key_run(16, 7) == 32
+    eight_warps = tb.Tile(4, 2, 1, 8)
+    assert tb.tile_run(eight_warps, 5, 11, torch.float32) == 32
+    assert tb.tile_run(eight_warps, 5, 11, torch.bfloat16) == 16
+    assert tb.tile_run(tb.Tile(4, 2, 1, 4), 5, 11, torch.float32) == 16
+    for kind in ("fwd", "dq", "dkdv"):
+        for head_dim in (20, 32, 36, 64, 128):
+            for dtype in (torch.float32, torch.bfloat16):
+                for tile in tb.candidates(kind, 7, head_dim, dtype):
+                    assert tile.rows in (1, 2, 4) and tile.th * tile.tw >= 16
+                    assert dtype != torch.float32 or tile.num_warps <= 8, (kind, head_dim, tile)
+
+
 def test_cached_mask_table_is_usable_by_autograd_after_inference_mode():
     """The rpb-free table is cached: one built inside ``torch.inference_mode`` must still be a normal
     tensor, or ``save_for_backward`` of a later training call would raise."""
