@@ -201,8 +201,8 @@ def test_wide_border_band(backend):
 @needs_cuda
 def test_every_candidate_tile():
     """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv kernels), also on
-    maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32), and fp32 on 8 and
-    16 warps with 8-pixel tiles (``tile_run``)."""
+    maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32), and fp32 at
+    head_dim 64 and 128 on 8 warps, whose runs ``tile_run`` keeps at 32."""
     tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
     try:
         for kernel_size, head_dim, dtype, width in [(7, 32, F32, 21), (7, 20, BF16, 12), (11, 36, BF16, 21),

@@ -9,6 +9,7 @@ on contiguous tensors gets.  Registers and speed are the GPU benchmarks' busines
 from __future__ import annotations
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
@@ -54,7 +55,7 @@ def _na_cases():
         common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
                       **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32",
                       ALIGN=1 if dtype == "fp32" else 4)  # both stride paths
-        run = na.key_run(tile.tw, kernel_size, width)
+        run = na.tile_run(tile, kernel_size, width, torch.float32 if dtype == "fp32" else torch.bfloat16)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
         vec = {"VEC_BIAS": dtype != "fp32"}
