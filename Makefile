@@ -1,4 +1,5 @@
-# Two commands for a new user: `make demo` and `make test` (both install into .venv first).
+# Two commands for a new user: `make demo` and `make test` (both install into .venv first; `make VENV=DIR ...`
+# puts the environment elsewhere, e.g. on a larger disk).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,6 +11,7 @@ STAMP := $(VENV)/.segman-installed
 install: $(STAMP)
 
 $(STAMP): constraints.txt requirements.txt setup.py scripts/install_mmcv.py
+	$(PYTHON) scripts/check_disk_space.py $(VENV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch torchvision
 	$(PIP) install -c constraints.txt "setuptools<81" wheel ninja numpy
@@ -26,7 +28,7 @@ test: install
 
 # SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw a prediction.
 DEMO := demo_output
-SEG := cd segmentation && ../$(PY)
+SEG := cd segmentation && $(abspath $(PY))
 demo: install
 	$(SEG) tools/make_toy_dataset.py data/toy_shapes
 	$(SEG) tools/train.py local_configs/segman/tiny/segman_t_toy.py --work-dir ../$(DEMO)/train --seed 0 --no-validate
