@@ -4,6 +4,7 @@ accumulated gradients, and fall back to eager calls (eval, no grad, another inpu
 without CUDA."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -23,19 +24,28 @@ def _default_tiles(monkeypatch):
     monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "0")  # no autotuning: quick, and no timing-dependent tiles
 
 
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 matmuls and convolutions without TF32 (results to compare closely), restored afterwards."""
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
 @pytest.fixture(scope="module")
 def pair():
     """An eager SegMAN-T backbone and a graphed copy with the same weights (fp32, TF32 off)."""
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.manual_seed(0)
-    eager = segman_encoder("t", backbone=True).cuda().train()
-    graphed = segman_encoder("t", backbone=True, cuda_graph=True).cuda().train()
-    graphed.load_state_dict(eager.state_dict(), strict=True)
-    weights = [torch.randn(SHAPE[0], c, SHAPE[2] // s, SHAPE[3] // s, device="cuda")
-               for c, s in zip(eager.embed_dims, (4, 8, 16, 32))]
-    yield eager, graphed, weights
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    with no_tf32():
+        torch.manual_seed(0)
+        eager = segman_encoder("t", backbone=True).cuda().train()
+        graphed = segman_encoder("t", backbone=True, cuda_graph=True).cuda().train()
+        graphed.load_state_dict(eager.state_dict(), strict=True)
+        weights = [torch.randn(SHAPE[0], c, SHAPE[2] // s, SHAPE[3] // s, device="cuda")
+                   for c, s in zip(eager.embed_dims, (4, 8, 16, 32))]
+        yield eager, graphed, weights
 
 
 def _loss(features, weights):
@@ -105,12 +115,8 @@ def test_autocast_with_weight_cache_and_copies():
     for m in (model, reference):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             sum(o.float().mean() for o in m(img)).backward()
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with no_tf32():
         sum(o.float().mean() for o in exact(img)).backward()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
     # Graphed and eager bf16 gradients are not always bitwise equal: on an H100 each model lands on
     # one of two rounding variants (4.41e-2 or 4.84e-2 from fp32, all parameters together), so the
     # two differ by 5e-2 in some processes and by 4e-8 in others.  The graphed gradients are held to
@@ -141,9 +147,7 @@ def test_gradient_checkpointing_with_stochastic_depth_in_the_graph():
     drawn before each checkpoint, so the capture stashes no RNG state (which a capture forbids) and
     the replayed recomputation uses the forward's scales: outputs and gradients equal those of the
     same graphed model without checkpointing, step after step, at the same seeds."""
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with no_tf32():
         models = []
         for use_checkpoint in ((0, 0, 0, 0), (2, 2, 2, 2)):
             torch.manual_seed(3)
@@ -165,5 +169,3 @@ def test_gradient_checkpointing_with_stochastic_depth_in_the_graph():
             assert_same_gradients(ckpt, plain, f"step {step}")
         torch.cuda.manual_seed(99)
         assert _rel(ckpt(img)[-1].detach(), outs[1][-1]) > 1e-3, "another seed must drop other blocks"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
