@@ -200,12 +200,13 @@ def kernel_calls(stage: int, dname: str) -> tuple[dict, Callable[..., dict]]:
     tb.force_tiles(**tiles)
     o, lse = tb._forward(q, k, v, tables[None], ks, scale)
     do = torch.randn_like(o)
-    _, delta, _ = tb._backward_dq(q, k, v, tables[None], o, lse, do, ks, scale, True)
+    _, delta, _ = tb._backward_dq(q, k, v, tables[None], o, lse, do, ks, scale, rpb.dtype)
 
     def calls(table: Optional[str] = None, rpb_grad: bool = True) -> dict:
         t = tables[table]
         return {"fwd": lambda: tb._forward(q, k, v, t, ks, scale),
-                "dq": lambda: tb._backward_dq(q, k, v, t, o, lse, do, ks, scale, rpb_grad and table is None),
+                "dq": lambda: tb._backward_dq(q, k, v, t, o, lse, do, ks, scale,
+                                              rpb.dtype if rpb_grad and table is None else None),
                 "dkdv": lambda: tb._backward_dkdv(q, k, v, t, lse, delta, do, ks, scale)}
 
     return tiles, calls

@@ -63,6 +63,11 @@ def _na_cases():
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
                {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
         yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
+    geo = na.geometry(7)
+    yield ("na-bias-table-bf16", na._bias_table_kernel, dict(KS=7, CO=geo.co, CW=geo.cw, BLOCK=1024),
+           {"RPB": "bf16", "TABLE": "fp32"}, None)
+    yield ("na-drpb-sum-bf16", na._drpb_sum_kernel, dict(KS=7, NBC=16, BP=16, BLOCK=64),
+           {"PARTS": "fp32", "OUT": "bf16"}, None)
 
 
 def _scan_cases():

@@ -34,10 +34,10 @@ Backward, FlashAttention-2 style, in two kernels:
   ``ds = p (dO·v - Δ)`` with ``Δ = rowsum(dO ∘ O)`` (computed here and saved for the next kernel),
   accumulates ``dq``, and reduces ``ds`` to the bias row of each (query row, key row) *inside the
   program*: a ``tl.gather`` re-indexes ``ds`` from key columns to bias columns and the ``TW`` queries
-  of each tile row are summed.  Each program writes the ``K`` d_rpb rows that each of its query rows
-  touches once and zeros in the other ``K - 1`` (plain stores into a ``(B, H, W/TW, heads, 2K-1,
-  NBC)`` buffer, rows padded to a multiple of 4 floats: no separate zeroing pass); summing it over
-  the leading dimensions (``_sum_partials``) finishes ``d_rpb``.  No atomics.
+  of each tile row are summed.  Each program stores, per query row, the ``K`` rows of its window
+  once (plain stores into a ``(B, H, W/TW, heads, K, NBC)`` buffer, rows padded to a multiple of 4
+  floats); one small kernel (``_sum_partials``) shifts window rows to d_rpb rows and sums them into
+  ``d_rpb``.  No atomics.
 * ``dk/dv`` kernel (per key tile): walks the rows of queries whose windows hold a key row of the
   tile (``K + TH - 1`` inside the map, more at the borders where windows are shifted inwards),
   recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
@@ -52,7 +52,6 @@ timed on the GPU by CUDA-graph replay (``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import NamedTuple, Optional
 
@@ -61,6 +60,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+LOG2E_JIT = tl.constexpr(LOG2E)  # the same, readable inside kernels
 MAX_TW = 16  # the widest tile (pixels); the bias table is laid out for it
 
 
@@ -305,13 +305,13 @@ def _na2d_fwd_kernel(
 
 @triton.jit
 def _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE,
-                 qk_scale, lse, delta, D, g_row, g_col, g_idx, g_ok, row_t, row_si, row_ok, part, DRPB,
+                 qk_scale, lse, delta, D, g_row, g_col, g_idx, g_ok, row_si, row_ok, part, DRPB,
                  KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, TH: tl.constexpr,
                  TW: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, DA: tl.constexpr,
                  DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
                  VEC_BIAS: tl.constexpr):
     """One step of the dq walk, key rows ``kr ..< kr + ROWS``: returns ``dq + ds @ k`` (``[M, D]`` in
-    parts); stores these rows' d_rpb partials."""
+    parts); stores these rows' d_rpb partials (per query row, by window row)."""
     ka, kb, va, vb, s = _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
                                   D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
     p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
@@ -325,7 +325,7 @@ def _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_cols, v_cols, kr, H, sk
         else:
             key_row = kr + g_row
             a = key_row[None, :] - row_si[:, None]
-        tl.store(DRPB + ((part - row_t + (KS - 1)) * NBC)[:, None] + (key_row * NBC + g_col)[None, :], y,
+        tl.store(DRPB + ((part - row_si) * NBC)[:, None] + (key_row * NBC + g_col)[None, :], y,
                  mask=row_ok[:, None] & (a >= 0) & (a < KS) & (g_col < NBC)[None, :])
     return _dot_acc(ds, ka, kb, dq_a, dq_b, SPLIT, PRECISION)
 
@@ -372,8 +372,6 @@ def _na2d_bwd_dq_kernel(
         g_idx += g_row[None, :] * RWP
     tiles_w = tl.cdiv(W, TW)
     tile_col = tl.program_id(0) % tiles_w
-    t = tl.arange(0, TH)
-    c = tl.arange(0, BP)
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
@@ -387,22 +385,18 @@ def _na2d_bwd_dq_kernel(
         stat = (pid_bh.to(tl.int64) * H + qi) * W + qj
         tl.store(DELTA + stat, delta, mask=q_ok)
         lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
-        # d_rpb partials of the tile's query rows: (batch, query row, tile column, head, d_rpb row, NBC).
-        row_t = i0 + t
+        # d_rpb partials of the tile's query rows: (batch, query row, tile column, head, window row, NBC),
+        # each element stored once by the walk.
+        row_t = i0 + tl.arange(0, TH)
         row_ok = row_t < H
         row_si = _window_start(tl.minimum(row_t, H - 1), H, KS)
-        part = (((b * H + row_t) * tiles_w + tile_col) * heads + n) * (2 * KS - 1)
-        if RPB_GRAD:  # the walk stores the K d_rpb rows of each query row's window; zeros in the others
-            for r in range(0, 2 * KS - 1):
-                a = r - (row_si - row_t + (KS - 1))                                         # window row
-                tl.store(DRPB + (part + r)[:, None] * NBC + c[None, :], tl.zeros([TH, BP], tl.float32),
-                         mask=(row_ok & ((a < 0) | (a >= KS)))[:, None] & (c < NBC)[None, :])
+        part = (((b * H + row_t) * tiles_w + tile_col) * heads + n) * KS
         dq_a = tl.zeros([TH * TW, DA], tl.float32)
         dq_b = tl.zeros([TH * TW, DB], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):  # rows past r_hi are outside every window: ds = 0, nothing stored
             dq_a, dq_b = _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_cols, v_cols, kr, H, skh,
                                       svh, qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_row, g_col, g_idx,
-                                      g_ok, row_t, row_si, row_ok, part, DRPB, KS, CW, RWP, ROWS, TH, TW, BP, NBC,
+                                      g_ok, row_si, row_ok, part, DRPB, KS, CW, RWP, ROWS, TH, TW, BP, NBC,
                                       RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
         _store_head(DQ + b * sgb + n * sgn, qi * sgh + qj * sgw, q_ok, dq_a * scale, dq_b * scale, D, DA, DB, SPLIT)
 
@@ -498,6 +492,49 @@ def _na2d_bwd_dkdv_kernel(
         rows = ((pid_bh.to(tl.int64) * H + kr) * W + kc) * D                                # dk, dv: contiguous
         _store_head(DK, rows, k_ok, dk_a * scale, dk_b * scale, D, DA, DB, SPLIT)
         _store_head(DV, rows, k_ok, dv_a, dv_b, D, DA, DB, SPLIT)
+
+
+# --------------------------------------------------------------------------------------------------
+# The bias table (module docstring) from rpb, and d_rpb from the dq kernel's partials
+# --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _bias_table_kernel(RPB, TABLE, KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, BLOCK: tl.constexpr):
+    """``TABLE[head]``: the 4 shifted copies of the head's table; one program per ``BLOCK`` floats."""
+    copy = _table_copy(KS, CW)
+    f = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)                 # over the 4 copies, one after another
+    u = f % copy - f // copy                                            # copy p: the table shifted by p
+    slab = u // (2 * KS * CW)
+    row = (u // CW) % (2 * KS)
+    c = u % CW - CO                                                     # bias column
+    inside = (u >= 0) & (slab < KS) & (row < 2 * KS - 1) & (c >= slab) & (c < slab + KS) & (f < 4 * copy)
+    nb2 = (2 * KS - 1) * (2 * KS - 1)
+    head = tl.program_id(1)
+    bias = tl.load(RPB + head * nb2 + row * (2 * KS - 1) + c, mask=inside, other=float("-inf"))
+    tl.store(TABLE + head * (4 * copy) + f, bias.to(tl.float32) * LOG2E_JIT, mask=f < 4 * copy)
+
+
+@triton.jit
+def _drpb_sum_kernel(PARTS, OUT, n_parts, H, tiles_w, KS: tl.constexpr, NBC: tl.constexpr, BP: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """d_rpb row ``r`` of head ``h`` (one program each) from the dq kernel's partials ``(B, H, tiles_w, heads,
+    K, NBC)``: window row ``a`` of query row ``i`` is d_rpb row ``a + start(i) - i + K - 1``; stored in
+    ``OUT``'s dtype."""
+    heads = tl.num_programs(0) // (2 * KS - 1)
+    h = tl.program_id(0) // (2 * KS - 1)
+    r = tl.program_id(0) % (2 * KS - 1)
+    col = tl.arange(0, BP)
+    acc = tl.zeros([BLOCK, BP], tl.float32)
+    for p0 in range(0, n_parts, BLOCK):                             # p: (batch, query row, tile column)
+        p = p0 + tl.arange(0, BLOCK)
+        i = (p // tiles_w) % H
+        a = r - (_window_start(i, H, KS) - i + (KS - 1))
+        ok = (p < n_parts) & (a >= 0) & (a < KS)
+        row = (p.to(tl.int64) * heads + h) * KS + a
+        acc += tl.load(PARTS + row[:, None] * NBC + col[None, :], mask=ok[:, None] & (col < 2 * KS - 1)[None, :],
+                       other=0.0)
+    tl.store(OUT + tl.program_id(0) * (2 * KS - 1) + col, tl.sum(acc, 0).to(OUT.dtype.element_ty),
+             mask=col < 2 * KS - 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,23 +727,6 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 _COMPILED: dict = {}  # kind -> the last compiled kernel launched (registers, spills: benchmarks/na_gpu.py)
 
 
-@functools.lru_cache(maxsize=32)
-def _table_index(kernel_size: int, device: torch.device) -> torch.Tensor:
-    """``(4, (K + 1)·2K·CW + 4)`` indices into ``[rpb[head].flatten(), -inf]``: row ``p`` is the
-    ``(K + 1, 2K, CW)`` table (module docstring) flattened and shifted right by ``p``."""
-    nb = 2 * kernel_size - 1
-    geo = geometry(kernel_size)
-    slab = torch.arange(kernel_size + 1, device=device)[:, None, None]
-    row = torch.arange(nb + 1, device=device)[None, :, None]
-    col = torch.arange(geo.cw, device=device)[None, None, :] - geo.co
-    inside = (slab < kernel_size) & (row < nb) & (col >= slab) & (col < slab + kernel_size)
-    table = torch.where(inside, row * nb + col, nb * nb).flatten()
-    shifted = torch.full((4, table.numel() + 4), nb * nb, dtype=table.dtype, device=device)
-    for p in range(4):
-        shifted[p, p:p + table.numel()] = table
-    return shifted
-
-
 def table_slabs(table: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The ``(heads, K + 1, 2K, CW)`` view of a ``bias_table`` (its unshifted copy)."""
     geo = geometry(kernel_size)
@@ -720,8 +740,13 @@ def bias_table(rpb: Optional[torch.Tensor], kernel_size: int, device: torch.devi
     when ``rpb`` is None)."""
     if rpb is None:
         return _mask_table(kernel_size, device)
-    flat = torch.nn.functional.pad(rpb.detach().flatten(1).float() * LOG2E, (0, 1), value=float("-inf"))
-    return flat[:, _table_index(kernel_size, device)]
+    geo = geometry(kernel_size)
+    copy = (kernel_size + 1) * 2 * kernel_size * geo.cw + 4
+    table = torch.empty((rpb.shape[0], 4, copy), dtype=torch.float32, device=device)
+    block = 1024
+    _bias_table_kernel[(triton.cdiv(4 * copy, block), rpb.shape[0])](rpb.detach().contiguous(), table, KS=kernel_size,
+                                                                     CO=geo.co, CW=geo.cw, BLOCK=block)
+    return table
 
 
 @functools.lru_cache(maxsize=32)
@@ -785,20 +810,19 @@ def _forward(q, k, v, table, kernel_size: int, scale: float):
     return o, lse
 
 
-def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
-    """dq, Δ = rowsum(dO ∘ O) and d_rpb in fp32 (None unless ``rpb_grad``)."""
+def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
+    """dq, Δ = rowsum(dO ∘ O) and d_rpb in ``rpb_dtype`` (None without it: no rpb gradient)."""
+    rpb_grad = rpb_dtype is not None
     batch, heads, height, width, head_dim = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     delta = torch.empty_like(lse)
-    nb = 2 * kernel_size - 1
     widths = drpb_widths(kernel_size)
-    nbc = widths["NBC"]
 
     def launch(tile: Tile) -> torch.Tensor:
-        """Runs the kernel; returns the d_rpb partials, ``(B, H, W / TW, heads, 2K - 1, NBC)``: every
-        element written by the kernel, the dimensions to sum over leading."""
-        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, nb, nbc), dtype=torch.float32,
-                           device=q.device) if rpb_grad else lse)
+        """Runs the kernel; returns the d_rpb partials, ``(B, H, W / TW, heads, K, NBC)``: every element
+        written by the kernel."""
+        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, kernel_size, widths["NBC"]),
+                           dtype=torch.float32, device=q.device) if rpb_grad else lse)
         _COMPILED["dq"] = _na2d_bwd_dq_kernel[_grid(tile, q)](
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
@@ -808,18 +832,20 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
         return buf
 
     buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, width, launch))
-    if not rpb_grad:
-        return dq, delta, None
-    return dq, delta, _sum_partials(buf.view(-1, heads * nb * nbc)).view(heads, nb, nbc)[:, :, :nb]
+    return dq, delta, _sum_partials(buf, rpb_dtype) if rpb_grad else None
 
 
-def _sum_partials(parts: torch.Tensor) -> torch.Tensor:
-    """``parts (R, N)`` summed over R in two steps (groups of rows, then the groups): one ``sum(0)``
-    over the tens of thousands of rows of the d_rpb partials (SegMAN-S stage 1: 16384 × 1008) spreads
-    over too few blocks; on an H100 the two steps take 41 instead of 64 µs there, 13 instead of 24 µs
-    at stage 4."""
-    groups = math.gcd(parts.shape[0], 64)
-    return parts.view(groups, -1, parts.shape[1]).sum(1).sum(0)
+def _sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """d_rpb ``(heads, 2K - 1, 2K - 1)`` in ``dtype`` from the dq kernel's partials ``(B, H, W / TW, heads,
+    K, NBC)`` in one launch (torch's sums over d_rpb-row partials, a slice and a cast took two to four)."""
+    batch, height, tiles_w, heads, kernel_size, nbc = parts.shape
+    nb = 2 * kernel_size - 1
+    out = torch.empty((heads, nb, nb), dtype=dtype, device=parts.device)
+    # SegMAN-S stage 1 has only 2·21 programs, each streaming up to 1.4 MB of partials: wide blocks on 8 warps
+    # keep enough loads in flight per SM.
+    _drpb_sum_kernel[(heads * nb,)](parts, out, batch * height * tiles_w, height, tiles_w, KS=kernel_size, NBC=nbc,
+                                    BP=_pow2(nb, 1), BLOCK=256, num_warps=8)
+    return out
 
 
 def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: float):
@@ -838,9 +864,9 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
     return dk, dv
 
 
-def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_grad: bool):
+def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
     do = _last_dim_contiguous(do)
-    dq, delta, drpb = _backward_dq(q, k, v, table, o, lse, do, kernel_size, scale, rpb_grad)
+    dq, delta, drpb = _backward_dq(q, k, v, table, o, lse, do, kernel_size, scale, rpb_dtype)
     dk, dv = _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size, scale)
     return dq, dk, dv, drpb
 
@@ -859,9 +885,9 @@ class NeighborhoodAttention2DTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, table, o, lse = ctx.saved_tensors
-        rpb_grad = ctx.rpb_dtype is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, drpb = _backward(q, k, v, table, o, lse, do, ctx.kernel_size, ctx.scale, rpb_grad)
-        return dq, dk, dv, None, drpb.to(ctx.rpb_dtype) if rpb_grad else None, None
+        rpb_dtype = ctx.rpb_dtype if ctx.needs_input_grad[4] else None
+        dq, dk, dv, drpb = _backward(q, k, v, table, o, lse, do, ctx.kernel_size, ctx.scale, rpb_dtype)
+        return dq, dk, dv, None, drpb, None
 
 
 def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
