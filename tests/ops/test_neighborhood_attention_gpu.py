@@ -12,6 +12,8 @@ Every output and gradient is checked finite and of the input's dtype; random inp
 from __future__ import annotations
 
 import importlib
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ DTYPE_IDS = {F32: "f32", F16: "f16", BF16: "bf16"}
 FWD_TOL = {F32: 1e-5, F16: 2e-3, BF16: 1e-2}
 GRAD_TOL = {F32: 1e-4, F16: 5e-3, BF16: 2e-2}
 NA = importlib.import_module("segman.ops.neighborhood_attention")
-GPU_BACKENDS = ["triton", "natten", "torch"]
+GPU_BACKENDS = ["triton", "triton-fused", "natten", "torch"]  # triton: its split backward; -fused: the other
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +114,17 @@ def _skip_if_declined(backend, *args):
 
 def run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, *, with_rpb=True,
              scale=None, seed=0, layout="contiguous", rpb_grad=True):
+    """``backend`` "triton" runs the triton backend with its split backward, "triton-fused" with the fused one."""
+    if backend.startswith("triton"):
+        with mock.patch.dict(os.environ, {"SEGMAN_NA_BACKWARD": "fused" if backend == "triton-fused" else "split"}):
+            return _run_case("triton", batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
+                             scale=scale, seed=seed, layout=layout, rpb_grad=rpb_grad)
+    return _run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
+                     scale=scale, seed=seed, layout=layout, rpb_grad=rpb_grad)
+
+
+def _run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, *, with_rpb, scale, seed, layout,
+              rpb_grad):
     from segman.ops import neighborhood_attention_2d
 
     q, k, v, rpb = make_inputs(batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
@@ -200,38 +213,43 @@ def test_wide_border_band(backend):
 
 @needs_cuda
 def test_every_candidate_tile():
-    """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv kernels), also on
-    maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32), and fp32 at
-    head_dim 64 and 128 on 8 warps, whose runs ``tile_run`` keeps at 32."""
+    """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv and fused backward
+    kernels), also on maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32),
+    and fp32 at head_dim 64 and 128 on 8 warps, whose runs ``tile_run`` keeps at 32."""
     tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
     try:
         for kernel_size, head_dim, dtype, width in [(7, 32, F32, 21), (7, 20, BF16, 12), (11, 36, BF16, 21),
                                                     (3, 128, F16, 21), (9, 64, F32, 21), (5, 128, F32, 11),
                                                     (5, 64, F32, 11)]:
-            tiles = {kind: tb.candidates(kind, kernel_size, head_dim, dtype) for kind in ("fwd", "dq", "dkdv")}
+            tiles = {kind: tb.candidates(kind, kernel_size, head_dim, dtype) for kind in ("fwd", "dq", "dkdv", "bwd")}
             for i in range(max(len(t) for t in tiles.values())):
                 pick = {kind: t[min(i, len(t) - 1)] for kind, t in tiles.items()}
                 tb.force_tiles(**pick)
-                run_case("triton", 1, 2, 19 if width > 16 else 13, width, head_dim, kernel_size, dtype, seed=i)
+                for backend in ("triton", "triton-fused"):
+                    run_case(backend, 1, 2, 19 if width > 16 else 13, width, head_dim, kernel_size, dtype, seed=i)
     finally:
         tb.force_tiles()
 
 
 @needs_cuda
 def test_autotuner_times_candidates_on_the_gpu(monkeypatch):
-    """With autotuning on, each kernel gets one of its candidates (timed by CUDA-graph replay, from a
-    side stream as in a training step), and the results still match."""
+    """With autotuning on, each kernel gets one of its candidates and the backward one of its two paths
+    (timed by CUDA-graph replay, from a side stream as in a training step), and the results still match."""
     tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
     monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "1")
     kernel_size, head_dim, dtype = 5, 24, BF16
     monkeypatch.setattr(tb, "_TUNED", {})
+    monkeypatch.setattr(tb, "_MODES", {})
+    monkeypatch.delenv("SEGMAN_NA_BACKWARD", raising=False)
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, seed=3)
+        _run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, with_rpb=True, scale=None, seed=3,
+                  layout="contiguous", rpb_grad=True)
     torch.cuda.synchronize()
-    for kind in ("fwd", "dq", "dkdv"):
-        key = (kind, kernel_size, head_dim, dtype, tb.key_run(tb.MAX_TW, kernel_size, 17))
-        assert tb._TUNED[key] in tb.candidates(kind, kernel_size, head_dim, dtype)
+    run = tb.key_run(tb.MAX_TW, kernel_size, 17)
+    for kind in ("fwd", "dq", "dkdv", "bwd"):  # both backward paths were timed
+        assert tb._TUNED[(kind, kernel_size, head_dim, dtype, run)] in tb.candidates(kind, kernel_size, head_dim, dtype)
+    assert tb._MODES[(kernel_size, head_dim, dtype, run, True)] in tb.BACKWARDS
 
 
 @needs_cuda

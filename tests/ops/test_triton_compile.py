@@ -58,16 +58,25 @@ def _na_cases():
         run = na.tile_run(tile, kernel_size, width, torch.float32 if dtype == "fp32" else torch.bfloat16)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
+        fused_ptrs = {**ptrs, "DQ": "fp32"}
+        band = na.tile_run(tile, kernel_size, width, torch.float32 if dtype == "fp32" else torch.bfloat16, True)
         vec = {"VEC_BIAS": dtype != "fp32"}
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
                {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
-        yield f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel, {**common, "QWP": run}, ptrs, tile
+        yield (f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
+               {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16}, ptrs, tile)
+        yield (f"na-bwd-fused-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
+               {**common, "QWP": band, "FUSED": True, "RPB_GRAD": True, **na.drpb_widths(kernel_size)}, fused_ptrs,
+               tile)
     geo = na.geometry(7)
     yield ("na-bias-table-bf16", na._bias_table_kernel, dict(KS=7, CO=geo.co, CW=geo.cw, BLOCK=1024),
            {"RPB": "bf16", "TABLE": "fp32"}, None)
-    yield ("na-drpb-sum-bf16", na._drpb_sum_kernel, dict(KS=7, NBC=16, BP=16, BLOCK=64),
-           {"PARTS": "fp32", "OUT": "bf16"}, None)
+    for by_key_row in (False, True):
+        yield (f"na-drpb-sum-{'key' if by_key_row else 'query'}-rows", na._drpb_sum_kernel,
+               dict(KS=7, NBC=16, BP=16, BY_KEY_ROW=by_key_row, BLOCK=256), {"PARTS": "fp32", "OUT": "bf16"}, None)
+    yield ("na-bwd-prep-bf16", na._bwd_prep_kernel, dict(**na.head_args(36), BLOCK=64),
+           {"O": "bf16", "DO": "bf16", "DELTA": "fp32", "DQ": "fp32"}, None)
 
 
 def _scan_cases():

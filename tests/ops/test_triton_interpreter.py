@@ -47,6 +47,55 @@ def test_key_runs_cover_the_windows_and_fp32_launches_avoid_the_faulting_shapes(
                     assert dtype != torch.float32 or tile.num_warps <= 8, (kind, head_dim, tile)
 
 
+def test_backward_mode_is_forced_timed_or_deterministic(monkeypatch):
+    """The fused backward only where allowed: SEGMAN_NA_BACKWARD forces a path (a typo is an error that
+    names the choices); without it the faster path is timed once per shape; torch's deterministic
+    algorithms, cuDNN's deterministic flag and autotuning off all give the split (deterministic) path."""
+    monkeypatch.setattr(tb, "_MODES", {})
+    timed = []
+    monkeypatch.setattr(tb, "_gpu_ms", lambda fn: fn())
+    run = lambda mode: timed.append(mode) or {"split": 2.0, "fused": 1.0}[mode]  # noqa: E731
+    args = (7, 32, torch.bfloat16, 16, True, run)
+    monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "1")
+    assert tb.backward_mode(*args) == "fused" and sorted(timed) == ["fused", "split"]
+    assert tb.backward_mode(*args) == "fused" and len(timed) == 2  # cached per shape
+    monkeypatch.setenv("SEGMAN_NA_BACKWARD", "split")
+    assert tb.backward_mode(*args) == "split"
+    monkeypatch.setenv("SEGMAN_NA_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="'fused', 'split'"):
+        tb.backward_mode(*args)
+    monkeypatch.setenv("SEGMAN_NA_BACKWARD", "fused")
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert tb.backward_mode(*args) == "split"
+    monkeypatch.undo()
+    monkeypatch.setenv("SEGMAN_NA_BACKWARD", "fused")
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # tools/train.py --deterministic
+    assert tb.backward_mode(*args) == "split"
+    monkeypatch.undo()
+    monkeypatch.setenv("SEGMAN_NA_TRITON_AUTOTUNE", "0")
+    monkeypatch.delenv("SEGMAN_NA_BACKWARD", raising=False)
+    assert tb.backward_mode(*args) == "split"
+
+
+def test_fused_backward_runs_hold_each_tiles_query_band():
+    """The fused backward needs one query chunk per key tile row (its d_rpb partials are per query
+    row): its runs hold every query column whose window meets the tile, on any map."""
+    def query_lo(y, k):
+        return 0 if y <= k - 1 else y - k // 2
+
+    def query_hi(y, length, k):
+        return length - 1 if y >= length - k else y + k // 2
+
+    for tile in (tb.Tile(4, 2, 1, 4), tb.Tile(8, 1, 1, 4, tw=8), tb.Tile(4, 2, 1, 8)):
+        for kernel_size in (3, 5, 7, 9, 11, 13):
+            for width in range(kernel_size, 80):
+                for dtype in (torch.float32, torch.bfloat16):
+                    run = tb.tile_run(tile, kernel_size, width, dtype, whole_band=True)
+                    for j0 in range(0, width, tile.tw):
+                        band = query_hi(min(j0 + tile.tw, width) - 1, width, kernel_size) - query_lo(j0, kernel_size)
+                        assert band + 1 <= run, (tile, kernel_size, width, j0)
+
+
 TABLE_SCRIPT = """
 import torch
 from segman.ops.triton_backend import neighborhood_attention as tb
@@ -89,6 +138,7 @@ print("ok", 4)
 
 
 NA_SCRIPT = """
+import os
 import torch
 from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference
 from segman.ops.triton_backend import neighborhood_attention as tb
@@ -112,8 +162,10 @@ cases = [  # batch, heads, height, width, head_dim, kernel size, rpb, tile
     (1, 2, 16, 16, 32, 7, True, tb.Tile(4, 2, 4, 4)),          # 4 key rows per dot; key runs of 16 (the width)
     (2, 1, 11, 12, 36, 5, True, tb.Tile(2, 4, 2, 2)),          # runs of 16 on a 12-wide map, head dim 32 + 16
 ]
-for batch, heads, height, width, head_dim, ks, with_rpb, tile in cases:
-    tb.force_tiles(tile, tile, tile)
+runs = [(case, mode) for case in cases for mode in ("split", "fused")]  # both backward paths
+for (batch, heads, height, width, head_dim, ks, with_rpb, tile), mode in runs:
+    os.environ["SEGMAN_NA_BACKWARD"] = mode
+    tb.force_tiles(tile, tile, tile, tile)
     q, k, v = (torch.randn(batch, heads, height, width, head_dim, requires_grad=True) for _ in range(3))
     rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, requires_grad=True) if with_rpb else None
     leaves = [q, k, v] + ([rpb] if with_rpb else [])
@@ -125,9 +177,9 @@ for batch, heads, height, width, head_dim, ks, with_rpb, tile in cases:
     ref_grads = torch.autograd.grad(ref, leaves, dout)
     for name, a, b in zip(["out", "dq", "dk", "dv", "drpb"], (out,) + grads, (ref,) + ref_grads):
         err = float((a - b).norm() / b.norm())
-        case = (batch, heads, height, width, head_dim, ks)
+        case = (batch, heads, height, width, head_dim, ks, mode)
         assert err < 1e-5, f"{name}: relative error {err:.1e} for case {case}"
-print("ok", len(cases))
+print("ok", len(runs))
 """
 
 
@@ -203,7 +255,7 @@ print("ok", 3)
 """
 
 
-@pytest.mark.parametrize("script,cases", [(TABLE_SCRIPT, 4), (NA_SCRIPT, 10), (SCAN_SCRIPT, 3), (SS2D_SCRIPT, 3)],
+@pytest.mark.parametrize("script,cases", [(TABLE_SCRIPT, 4), (NA_SCRIPT, 20), (SCAN_SCRIPT, 3), (SS2D_SCRIPT, 3)],
                          ids=["na_bias_table", "neighborhood_attention", "selective_scan", "cross_scan_merge_ss2d"])
 def test_triton_kernels_in_the_interpreter_match_the_reference(script, cases):
     env = {**os.environ, "TRITON_INTERPRET": "1", "SEGMAN_NA_TRITON_AUTOTUNE": "0",

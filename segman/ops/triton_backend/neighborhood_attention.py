@@ -28,7 +28,8 @@ table is stored 4 times, copy ``p`` shifted by ``p`` floats, and each query read
 its run of bias columns starts 16-byte aligned, so those loads are vectors.  The forward
 saves the log-sum-exp per query (``B·n·H·W`` floats) for the backward.
 
-Backward, FlashAttention-2 style, in two kernels:
+Backward, FlashAttention-2 style, one of two ways (``backward_mode``).  *Split*: two kernels, no atomics,
+deterministic:
 
 * ``dq`` kernel (per query tile, same walk): recomputes ``p = exp(logit - lse)``,
   ``ds = p (dO·v - Δ)`` with ``Δ = rowsum(dO ∘ O)`` (computed here and saved for the next kernel),
@@ -42,12 +43,21 @@ Backward, FlashAttention-2 style, in two kernels:
   tile (``K + TH - 1`` inside the map, more at the borders where windows are shifted inwards),
   recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
 
+*Fused*: the dk/dv kernel's walk alone computes ``p`` and ``ds`` once instead of twice.  A small kernel
+first computes Δ and zeroes an fp32 ``dq``; each step then adds ``scale · dsᵀ @ k`` to ``dq`` with
+vector atomics and stores the d_rpb partials of its key rows (a query run then holds a key tile's
+whole band of query columns, so each (key row, query row) pair is one step).  The order of the
+atomic additions varies, so ``dq`` may differ from run to run in its last bits: the split backward
+serves whenever determinism is asked for.  Which of the two is faster depends on the shapes (the
+fused kernel holds more registers); the autotuner times both.
+
 Precision: products accumulate in fp32; fp16/bf16 probabilities are rounded to v's dtype before
 ``p @ v`` (as NATTEN does).  fp32 inputs use ``tf32x3`` dot products (about fp32 accuracy) unless
 ``torch.backends.cuda.matmul`` allows TF32, in which case plain ``tf32`` is used.
 
 Tiles are picked per (head_dim, kernel size, dtype) by a narrow autotuner over a few candidates,
-timed on the GPU by CUDA-graph replay (``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the first candidate).
+timed on the GPU by CUDA-graph replay (``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the first candidate and
+the split backward; ``SEGMAN_NA_BACKWARD=split|fused`` forces a backward).
 """
 from __future__ import annotations
 
@@ -406,14 +416,17 @@ def _na2d_bwd_dq_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c,
-                       H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
-                       KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr, ROWS: tl.constexpr,
-                       DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
-                       PRECISION: tl.constexpr):
+def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQ, DRPB, it, n_it, n_cc, lo_r, lo_c,
+                       hi_c, H, W, sqh, sqw, sdh, sdw, r0, kr, kc, k_ok, table_head, TABLE, qk_scale, scale, D, g_idx,
+                       g_ok, drpb_rows, KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr,
+                       ROWS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                       SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, FUSED: tl.constexpr,
+                       RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr):
     """Steps ``it ..< it + ROWS`` of the dk/dv walk, scored by one dot (step ``t``: query row
     ``lo_r + t // n_cc``, chunk ``t % n_cc`` of the query columns; steps past ``n_it`` are all ``-inf``):
-    returns ``dk + ds @ q`` and ``dv + p @ dO``, each in its two parts."""
+    returns ``dk + ds @ q`` and ``dv + p @ dO``, each in its two parts.  ``FUSED`` (one chunk per row):
+    also adds ``scale · dsᵀ @ k`` to the fp32 ``dq`` (atomics) and stores the d_rpb partials of the
+    tile's key rows against these query rows."""
     n = tl.arange(0, ROWS * QWP)
     step = it
     if ROWS > 1:  # else a scalar step: fewer registers
@@ -430,10 +443,11 @@ def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA
     delta = tl.load(DELTA + qi * W + qc_in)
     # The table: rows from the keys (relative to query row qi), slabs and columns from the queries.
     si = _window_start(qi, H, KS)
+    qi_r = qi
     if ROWS > 1:
-        qi = qi[None, :]
+        qi_r = qi[None, :]
         si = si[None, :]
-    row = tl.where((kr[:, None] >= si) & (kr[:, None] < si + KS) & k_ok[:, None], kr[:, None] - qi + (KS - 1),
+    row = tl.where((kr[:, None] >= si) & (kr[:, None] < si + KS) & k_ok[:, None], kr[:, None] - qi_r + (KS - 1),
                    2 * KS - 1)
     slab = tl.where(qc_ok, _window_start(qc, W, KS) - qc + (KS - 1), KS)
     col = tl.where(qc_ok, CO + (KS - 1) - qc, CO - lo_c)             # the -inf slab: kc - lo_c < CW - CO
@@ -443,18 +457,40 @@ def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA
     ds = p * (_dot_rows(va, vb, do_a, do_b, SPLIT, PRECISION) - delta[None, :])
     dk_a, dk_b = _dot_acc(ds, qa, qb, dk_a, dk_b, SPLIT, PRECISION)
     dv_a, dv_b = _dot_acc(p, do_a, do_b, dv_a, dv_b, SPLIT, PRECISION)
+    if FUSED:
+        dst = DQ + (qi * W + qc_in) * D                                                    # dq: contiguous fp32
+        dq_a = tl.dot(tl.trans(ds).to(ka.dtype), ka, input_precision=PRECISION) * scale
+        da = tl.arange(0, DA)
+        tl.atomic_add(dst[:, None] + da[None, :], dq_a, mask=qc_ok[:, None] & (da < D)[None, :], sem="relaxed")
+        if SPLIT:
+            dq_b = tl.dot(tl.trans(ds).to(kb.dtype), kb, input_precision=PRECISION) * scale
+            db = DA + tl.arange(0, DB)
+            tl.atomic_add(dst[:, None] + db[None, :], dq_b, mask=qc_ok[:, None] & (db < D)[None, :], sem="relaxed")
+        if RPB_GRAD:  # per key row of the tile: sum ds along each key-minus-query diagonal, per query row
+            y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                      # [M, ROWS·BP]
+            y = tl.sum(tl.reshape(y, (TW, TH, ROWS * BP)), axis=0)                     # [TH, ROWS·BP]
+            g = tl.arange(0, ROWS * BP)
+            r = (r0 + tl.arange(0, TH))[:, None] - (lo_r + it + g // BP)[None, :] + (KS - 1)   # d_rpb row
+            c = g % BP
+            tl.store(DRPB + (drpb_rows[:, None] + r) * NBC + c[None, :], y,
+                     mask=(r0 + tl.arange(0, TH) < H)[:, None] & (r >= 0) & (r < 2 * KS - 1)
+                     & ((it + g // BP) < n_it)[None, :] & (c < NBC)[None, :])
     return dk_a, dk_b, dv_a, dv_b
 
 
 @triton.jit
 def _na2d_bwd_dkdv_kernel(
-    Q, K, V, TABLE, DO, LSE, DELTA, DK, DV,
+    Q, K, V, TABLE, DO, LSE, DELTA, DK, DV, DQ, DRPB,
     sqb, sqn, sqh, sqw, skb, skn, skh, skw, svb, svn, svh, svw, sdb, sdn, sdh, sdw,
     heads, H, W, D, qk_scale, scale, table_heads,
     KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
     QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
-    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, FUSED: tl.constexpr,
+    RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr,
 ):
+    """dk and dv per key tile; with ``FUSED`` also dq (``DQ``: fp32, zeroed, contiguous) and the d_rpb
+    partials ``(B, H, W / TW, heads, 2K - 1, NBC)`` by key row and d_rpb row (``QWP`` must then hold a
+    tile's whole band of query columns: one chunk per query row)."""
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
@@ -470,8 +506,14 @@ def _na2d_bwd_dkdv_kernel(
     # Query columns whose windows hold a key column of the tile: lo_c ..= hi_c, in QWP-wide chunks.
     lo_c = _query_lo(j0, KS)
     hi_c = _query_hi(tl.minimum(j0 + TW, W) - 1, W, KS)
-    n_cc = tl.cdiv(hi_c - lo_c + 1, QWP)
+    n_cc = 1 if FUSED else tl.cdiv(hi_c - lo_c + 1, QWP)
     table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
+    # FUSED d_rpb: bias column c of key m, against step row g, sits at query g_idx[m, g·BP + c].
+    kc_tile = tl.minimum(j0 + tl.arange(0, TH * TW) // TH, W - 1)
+    g = tl.arange(0, ROWS * BP)
+    q_pos = (kc_tile - lo_c + (KS - 1))[:, None] - (g % BP)[None, :]
+    g_ok = (q_pos >= 0) & (q_pos < QWP) & (g % BP < 2 * KS - 1)[None, :]
+    g_idx = tl.minimum(tl.maximum(q_pos, 0), QWP - 1) + (g // BP * QWP)[None, :]
 
     for r0 in range(r_first, tl.minimum(r_first + TR * TH, H), TH):
         kr, kc, k_ok = _tile_pixels(r0, j0, H, W, TH, TW)
@@ -480,15 +522,17 @@ def _na2d_bwd_dkdv_kernel(
         va, vb = _load_head(V + b * svb + n * svn, kr * svh + kc * svw, k_ok, D, True, DA, DB, SPLIT, EVEN_D)
         lo_r = _query_lo(r0, KS)                                    # query rows whose windows hold a key row
         n_it = (_query_hi(tl.minimum(r0 + TH, H) - 1, H, KS) - lo_r + 1) * n_cc
+        drpb_rows = (((b * H + r0 + tl.arange(0, TH)) * tl.cdiv(W, TW) + j0 // TW) * heads + n) * (2 * KS - 1)
         dk_a = tl.zeros([TH * TW, DA], tl.float32)
         dv_a = tl.zeros([TH * TW, DA], tl.float32)
         dk_b = tl.zeros([TH * TW, DB], tl.float32)
         dv_b = tl.zeros([TH * TW, DB], tl.float32)
         for it in range(0, n_it, ROWS):
             dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunks(
-                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats, it, n_it, n_cc,
-                lo_r, lo_c, hi_c, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, qk_scale, D,
-                KS, CO, CW, QWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION)
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats,
+                DQ + stats * D, DRPB, it, n_it, n_cc, lo_r, lo_c, hi_c, H, W, sqh, sqw, sdh, sdw, r0, kr, kc, k_ok,
+                table_head, TABLE, qk_scale, scale, D, g_idx, g_ok, drpb_rows, KS, CO, CW, QWP, ROWS, TH, TW, DA,
+                DB, SPLIT, EVEN_D, PRECISION, FUSED, RPB_GRAD, BP, NBC)
         rows = ((pid_bh.to(tl.int64) * H + kr) * W + kc) * D                                # dk, dv: contiguous
         _store_head(DK, rows, k_ok, dk_a * scale, dk_b * scale, D, DA, DB, SPLIT)
         _store_head(DV, rows, k_ok, dv_a, dv_b, D, DA, DB, SPLIT)
@@ -516,25 +560,56 @@ def _bias_table_kernel(RPB, TABLE, KS: tl.constexpr, CO: tl.constexpr, CW: tl.co
 
 @triton.jit
 def _drpb_sum_kernel(PARTS, OUT, n_parts, H, tiles_w, KS: tl.constexpr, NBC: tl.constexpr, BP: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    """d_rpb row ``r`` of head ``h`` (one program each) from the dq kernel's partials ``(B, H, tiles_w, heads,
-    K, NBC)``: window row ``a`` of query row ``i`` is d_rpb row ``a + start(i) - i + K - 1``; stored in
-    ``OUT``'s dtype."""
+                     BY_KEY_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    """d_rpb row ``r`` of head ``h`` (one program each), stored in ``OUT``'s dtype, from partials ``(B, H,
+    tiles_w, heads, R, NBC)``: the dq kernel's by query row ``i`` and window row (``R = K``; window row
+    ``a`` is d_rpb row ``a + start(i) - i + K - 1``), or the fused backward's by key row and d_rpb row
+    (``BY_KEY_ROW``, ``R = 2K - 1``; set where the key row is in the window of query row ``key - r + K - 1``)."""
+    R: tl.constexpr = 2 * KS - 1 if BY_KEY_ROW else KS
     heads = tl.num_programs(0) // (2 * KS - 1)
     h = tl.program_id(0) // (2 * KS - 1)
     r = tl.program_id(0) % (2 * KS - 1)
     col = tl.arange(0, BP)
     acc = tl.zeros([BLOCK, BP], tl.float32)
-    for p0 in range(0, n_parts, BLOCK):                             # p: (batch, query row, tile column)
+    for p0 in range(0, n_parts, BLOCK):                             # p: (batch, map row, tile column)
         p = p0 + tl.arange(0, BLOCK)
         i = (p // tiles_w) % H
-        a = r - (_window_start(i, H, KS) - i + (KS - 1))
-        ok = (p < n_parts) & (a >= 0) & (a < KS)
-        row = (p.to(tl.int64) * heads + h) * KS + a
-        acc += tl.load(PARTS + row[:, None] * NBC + col[None, :], mask=ok[:, None] & (col < 2 * KS - 1)[None, :],
-                       other=0.0)
+        if BY_KEY_ROW:
+            query = i - r + (KS - 1)
+            slot = tl.full([BLOCK], r, tl.int32)
+            ok = (query >= _query_lo(i, KS)) & (query <= _query_hi(i, H, KS))
+        else:
+            slot = r - (_window_start(i, H, KS) - i + (KS - 1))
+            ok = (slot >= 0) & (slot < KS)
+        row = (p.to(tl.int64) * heads + h) * R + slot
+        acc += tl.load(PARTS + row[:, None] * NBC + col[None, :],
+                       mask=(ok & (p < n_parts))[:, None] & (col < 2 * KS - 1)[None, :], other=0.0)
     tl.store(OUT + tl.program_id(0) * (2 * KS - 1) + col, tl.sum(acc, 0).to(OUT.dtype.element_ty),
              mask=col < 2 * KS - 1)
+
+
+@triton.jit
+def _bwd_prep_kernel(O, DO, DELTA, DQ, sob, son, soh, sow, sdb, sdn, sdh, sdw, heads, H, W, D, n_pixels,
+                     DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """For the fused backward, per pixel: ``Δ = rowsum(dO ∘ O)`` (fp32) and a zeroed row of the fp32
+    ``dq`` (contiguous); one program per ``BLOCK`` pixels of ``(B, heads, H, W)``."""
+    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = pix < n_pixels
+    pix = tl.minimum(pix, n_pixels - 1).to(tl.int64)
+    j = pix % W
+    i = (pix // W) % H
+    bh = pix // (H * W)
+    o_rows = (bh // heads) * sob + (bh % heads) * son + i * soh + j * sow
+    d_rows = (bh // heads) * sdb + (bh % heads) * sdn + i * sdh + j * sdw
+    oa, ob = _load_head(O, o_rows, ok, D, True, DA, DB, SPLIT, EVEN_D)
+    do_a, do_b = _load_head(DO, d_rows, ok, D, True, DA, DB, SPLIT, EVEN_D)
+    delta = tl.sum(do_a.to(tl.float32) * oa.to(tl.float32), 1)
+    if SPLIT:
+        delta += tl.sum(do_b.to(tl.float32) * ob.to(tl.float32), 1)
+    tl.store(DELTA + pix, delta, mask=ok)
+    _store_head(DQ, pix * D, ok, tl.zeros([BLOCK, DA], tl.float32), tl.zeros([BLOCK, DB], tl.float32), D, DA, DB,
+                SPLIT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -566,12 +641,14 @@ def key_run(tile_width: int, kernel_size: int, width: Optional[int] = None) -> i
     return run if width is None else min(run, _pow2(width))
 
 
-def tile_run(tile: Tile, kernel_size: int, width: int, dtype: torch.dtype) -> int:
+def tile_run(tile: Tile, kernel_size: int, width: int, dtype: torch.dtype, whole_band: bool = False) -> int:
     """The key run (``RWP``, the dk/dv kernel's ``QWP``) a launch of ``tile`` uses on maps ``width`` wide:
-    ``key_run``, but at least 32 for fp32 on 8 or more warps.  Triton 3.6's tf32x3 dots 16 keys wide
+    ``key_run``, but at least 32 for fp32 on 8 or more warps.  ``whole_band`` (the fused backward): a run
+    that holds every query column whose window meets the key tile, ``TW + K - 1 + K//2`` at the borders
+    (where windows shift inwards).  Triton 3.6's tf32x3 dots 16 keys wide
     on 8 or more warps fault with an illegal address on an H100 (found through the runs capped at a
     narrow map's width; an 8-pixel tile at K ≤ 9 and head_dim 128 hit it too)."""
-    run = key_run(tile.tw, kernel_size, width)
+    run = key_run(tile.tw + (kernel_size // 2 if whole_band else 0), kernel_size, width)
     return max(run, 32) if dtype == torch.float32 and tile.num_warps >= 8 else run
 
 
@@ -653,9 +730,11 @@ def autotune_enabled() -> bool:
     return os.environ.get("SEGMAN_NA_TRITON_AUTOTUNE", "1") not in ("0", "", "false", "False")
 
 
-def force_tiles(fwd: Optional[Tile] = None, dq: Optional[Tile] = None, dkdv: Optional[Tile] = None) -> None:
-    """Pin the tiles of each kernel (tests and benchmarks); ``None`` returns it to autotuning."""
-    for kind, tile in (("fwd", fwd), ("dq", dq), ("dkdv", dkdv)):
+def force_tiles(fwd: Optional[Tile] = None, dq: Optional[Tile] = None, dkdv: Optional[Tile] = None,
+                bwd: Optional[Tile] = None) -> None:
+    """Pin the tiles of each kernel (tests and benchmarks; ``bwd``: the fused backward's); ``None``
+    returns it to autotuning."""
+    for kind, tile in (("fwd", fwd), ("dq", dq), ("dkdv", dkdv), ("bwd", bwd)):
         if tile is None:
             _FORCED.pop(kind, None)
         else:
@@ -832,19 +911,20 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
         return buf
 
     buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, width, launch))
-    return dq, delta, _sum_partials(buf, rpb_dtype) if rpb_grad else None
+    return dq, delta, _sum_partials(buf, rpb_dtype, kernel_size, False) if rpb_grad else None
 
 
-def _sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """d_rpb ``(heads, 2K - 1, 2K - 1)`` in ``dtype`` from the dq kernel's partials ``(B, H, W / TW, heads,
-    K, NBC)`` in one launch (torch's sums over d_rpb-row partials, a slice and a cast took two to four)."""
-    batch, height, tiles_w, heads, kernel_size, nbc = parts.shape
+def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_key_row: bool) -> torch.Tensor:
+    """d_rpb ``(heads, 2K - 1, 2K - 1)`` in ``dtype`` from the partials ``(B, H, W / TW, heads, R, NBC)`` of
+    the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``) in one launch (torch's
+    sums over d_rpb-row partials, a slice and a cast took two to four)."""
+    batch, height, tiles_w, heads, _, nbc = parts.shape
     nb = 2 * kernel_size - 1
     out = torch.empty((heads, nb, nb), dtype=dtype, device=parts.device)
     # SegMAN-S stage 1 has only 2·21 programs, each streaming up to 1.4 MB of partials: wide blocks on 8 warps
     # keep enough loads in flight per SM.
     _drpb_sum_kernel[(heads * nb,)](parts, out, batch * height * tiles_w, height, tiles_w, KS=kernel_size, NBC=nbc,
-                                    BP=_pow2(nb, 1), BLOCK=256, num_warps=8)
+                                    BP=_pow2(nb, 1), BY_KEY_ROW=by_key_row, BLOCK=256, num_warps=8)
     return out
 
 
@@ -855,20 +935,89 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
 
     def launch(tile: Tile):
         _COMPILED["dkdv"] = _na2d_bwd_dkdv_kernel[_grid(tile, q)](
-            q, k, v, table, do, lse, delta, dk, dv,
+            q, k, v, table, do, lse, delta, dk, dv, lse, lse,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
-            QWP=tile_run(tile, kernel_size, width, q.dtype), **_launch_args(tile, kernel_size, q, k, v, do))
+            QWP=tile_run(tile, kernel_size, width, q.dtype), FUSED=False, RPB_GRAD=False, BP=16, NBC=16,
+            **_launch_args(tile, kernel_size, q, k, v, do))
 
     launch(_pick("dkdv", kernel_size, head_dim, q.dtype, width, launch))
     return dk, dv
 
 
-def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
-    do = _last_dim_contiguous(do)
+def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
+    """dq, dk, dv and d_rpb (in ``rpb_dtype``; None without it) from one pass per key tile: the dk/dv
+    kernel in its ``FUSED`` mode, after a small kernel that computes Δ and zeroes the fp32 dq."""
+    batch, heads, height, width, head_dim = q.shape
+    rpb_grad = rpb_dtype is not None
+    delta = torch.empty_like(lse)
+    dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    block = 64
+    _bwd_prep_kernel[(triton.cdiv(lse.numel(), block),)](o, do, delta, dq_sum, *_strides4(o), *_strides4(do), heads,
+                                                           height, width, head_dim, lse.numel(), BLOCK=block,
+                                                           **head_args(head_dim))
+    dk = torch.empty(q.shape, dtype=k.dtype, device=q.device)
+    dv = torch.empty(q.shape, dtype=v.dtype, device=q.device)
+    widths = drpb_widths(kernel_size)
+
+    def launch(tile: Tile, dq_out: torch.Tensor) -> torch.Tensor:
+        """Runs the kernel, adding to ``dq_out``; returns the d_rpb partials ``(B, H, W / TW, heads, 2K - 1,
+        NBC)`` (the elements the sum reads are written)."""
+        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, 2 * kernel_size - 1, widths["NBC"]),
+                           dtype=torch.float32, device=q.device) if rpb_grad else lse)
+        _COMPILED["bwd"] = _na2d_bwd_dkdv_kernel[_grid(tile, q)](
+            q, k, v, table, do, lse, delta, dk, dv, dq_out, buf,
+            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
+            heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
+            QWP=tile_run(tile, kernel_size, width, q.dtype, whole_band=True), FUSED=True, RPB_GRAD=rpb_grad,
+            **widths, **_launch_args(tile, kernel_size, q, k, v, do))
+        return buf
+
+    # Autotuning launches add into scratch, not into dq.
+    tile = _pick("bwd", kernel_size, head_dim, q.dtype, width, lambda t: launch(t, torch.empty_like(dq_sum)))
+    buf = launch(tile, dq_sum)
+    dq = dq_sum if q.dtype == torch.float32 else dq_sum.to(q.dtype)
+    return dq, dk, dv, _sum_partials(buf, rpb_dtype, kernel_size, True) if rpb_grad else None
+
+
+def _backward_split(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
+    """dq, dk, dv and d_rpb from the dq kernel (per query tile) and the dk/dv kernel (per key tile)."""
     dq, delta, drpb = _backward_dq(q, k, v, table, o, lse, do, kernel_size, scale, rpb_dtype)
     dk, dv = _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size, scale)
     return dq, dk, dv, drpb
+
+
+BACKWARDS = {"split": _backward_split, "fused": _backward_fused}
+_MODES: dict = {}  # (kernel size, head_dim, dtype, key run, rpb gradient) -> the faster backward
+
+
+def backward_mode(kernel_size: int, head_dim: int, dtype: torch.dtype, width: int, rpb_grad: bool, run) -> str:
+    """The backward for these shapes (``run(mode)`` runs one): ``"split"`` when determinism is asked for
+    (the fused one sums dq by atomics, in an order that varies from run to run), by torch's deterministic
+    algorithms or cuDNN's flag (which ``tools/train.py --deterministic`` sets through mmcv), or without
+    autotuning; ``SEGMAN_NA_BACKWARD=split|fused`` forces one; else the faster, timed once per shape
+    like the tiles."""
+    if torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic:
+        return "split"
+    forced = os.environ.get("SEGMAN_NA_BACKWARD", "")
+    if forced:
+        if forced not in BACKWARDS:
+            raise ValueError(f"SEGMAN_NA_BACKWARD={forced!r}: expected one of {sorted(BACKWARDS)} (or unset)")
+        return forced
+    if not autotune_enabled():
+        return "split"
+    key = (kernel_size, head_dim, dtype, key_run(MAX_TW, kernel_size, width), rpb_grad)
+    if key not in _MODES:
+        _MODES[key] = min(BACKWARDS, key=lambda mode: _gpu_ms(lambda: run(mode)))
+    return _MODES[key]
+
+
+def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
+    do = _last_dim_contiguous(do)
+    args = (q, k, v, table, o, lse, do, kernel_size, scale, rpb_dtype)
+    mode = backward_mode(kernel_size, q.shape[-1], q.dtype, q.shape[-2], rpb_dtype is not None,
+                         lambda m: BACKWARDS[m](*args))
+    return BACKWARDS[mode](*args)
 
 
 class NeighborhoodAttention2DTriton(torch.autograd.Function):
