@@ -4,7 +4,8 @@ Shapes (batch 16, the four encoder stages): stage 1: 2 heads × 32, 128², K 11;
 K 9; stage 3: 8 × 36, 32², K 7; stage 4: 16 × 32, 16², K 7.  Each in fp32 and bf16, forward and
 forward+backward (gradients of q, k, v and of a learnable rpb), for
 
-* ``triton``: ``segman.ops`` triton backend (autotuned tiles, printed below the table);
+* ``triton``: ``segman.ops`` triton backend (autotuned tiles and backward path, printed below the
+  table); ``triton-split`` / ``triton-fused``: the same with that backward path forced (optional);
 * ``torch``: the reference backend (vectorised gathers);
 * ``flex``: ``torch.nn.attention.flex_attention`` compiled, with a neighborhood block mask and an
   RPB ``score_mod`` reading a learnable bias: the baseline (only when importable).
@@ -15,7 +16,8 @@ the device-to-device copy bandwidth measured in the same run (bytes read + writt
 Eager timings include each call's host work (Python, launches, the bias table), which dominates at
 stages 3-4; a second table replays forward+backward from a CUDA graph: the GPU time alone.
 
-Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex] [--dtypes fp32,bf16]
+Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex[,triton-split,triton-fused]]
+       [--dtypes fp32,bf16]
        [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import datetime
 import os
 import sys
 from typing import Callable, Optional
+from unittest import mock
 
 import torch
 import triton
@@ -100,11 +103,17 @@ def provider_fn(name: str, stage: int):
     heads, _, side, kernel_size = STAGES[stage]
     if name == "flex":
         return flex_fn(side, kernel_size, heads)
+    backend = "triton" if name.startswith("triton") else name
 
     def run(q, k, v, rpb, scale):
-        return neighborhood_attention_2d(q, k, v, kernel_size, rpb=rpb, scale=scale, backend=name)
+        return neighborhood_attention_2d(q, k, v, kernel_size, rpb=rpb, scale=scale, backend=backend)
 
     return run
+
+
+def provider_env(name: str) -> dict:
+    """Environment a provider is timed under: ``triton-split`` / ``triton-fused`` force that backward."""
+    return {"SEGMAN_NA_BACKWARD": name.split("-", 1)[1]} if name.startswith("triton-") else {}
 
 
 def time_provider(fn, inputs) -> tuple[float, float, float]:
@@ -137,9 +146,10 @@ def table(args) -> None:
     rows = []
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"{datetime.date.today()}, copy bandwidth {bw / 1e9:.2f} TB/s (read + write)", flush=True)
-    header = ("| stage | dtype | pass | triton ms | floor ms | triton/floor | torch ms | flex ms | flex/triton "
-              "| triton err vs torch |")
-    graph_header = "| stage | dtype | triton ms | torch ms | flex ms | flex/triton |"
+    providers = [p for p in args.providers if p != "flex"] + (["flex"] if "flex" in args.providers else [])
+    columns = "".join(f" {p} ms |" for p in providers)
+    header = f"| stage | dtype | pass |{columns} floor ms | triton/floor | flex/triton | triton err vs torch |"
+    graph_header = f"| stage | dtype |{columns} flex/triton |"
     graph_rows = []
     for stage in args.stages:
         for dname in args.dtypes:
@@ -147,12 +157,13 @@ def table(args) -> None:
             q, k, v, rpb, kernel_size, scale = inputs
             fwd_bytes, all_bytes = floor_bytes(q, rpb)
             times, err = {}, float("nan")
-            for name in args.providers:
+            for name in providers:
                 fn = provider_fn(name, stage)
                 if fn is None:
                     continue
                 try:
-                    times[name] = time_provider(fn, inputs)
+                    with mock.patch.dict(os.environ, provider_env(name)):
+                        times[name] = time_provider(fn, inputs)
                 except Exception as exc:  # a rival that cannot run this shape is reported, not fatal
                     print(f"  {name} stage {stage} {dname}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 torch.cuda.empty_cache()
@@ -165,14 +176,15 @@ def table(args) -> None:
                 floor = nbytes / bw
                 t = {name: ts[i] for name, ts in times.items()}
                 tri, flex = t.get("triton"), t.get("flex")
-                rows.append(f"| {stage} | {dname} | {pname} | {_ms(tri)} | {floor:.3f} | "
-                            f"{tri / floor if tri else float('nan'):.2f} | {_ms(t.get('torch'))} | {_ms(flex)} | "
+                cells = "".join(f" {_ms(t.get(p))} |" for p in providers)
+                rows.append(f"| {stage} | {dname} | {pname} |{cells} {floor:.3f} | "
+                            f"{tri / floor if tri else float('nan'):.2f} | "
                             f"{flex / tri if (flex and tri) else float('nan'):.1f} | {err:.1e} |")
                 print(rows[-1], flush=True)
             g = {name: ts[2] for name, ts in times.items()}
             tri, flex = g.get("triton"), g.get("flex")
-            graph_rows.append(f"| {stage} | {dname} | {_ms(tri)} | {_ms(g.get('torch'))} | {_ms(flex)} | "
-                              f"{flex / tri if (flex and tri) else float('nan'):.1f} |")
+            cells = "".join(f" {_ms(g.get(p))} |" for p in providers)
+            graph_rows.append(f"| {stage} | {dname} |{cells} {flex / tri if (flex and tri) else float('nan'):.1f} |")
             print(graph_rows[-1], flush=True)
     for title, head, lines in (("Eager calls", header, rows),
                                ("forward+backward replayed from a CUDA graph (GPU time)", graph_header, graph_rows)):
@@ -184,6 +196,9 @@ def table(args) -> None:
     print("\ntriton tiles (kind, K, head_dim, dtype, key run of a 16-wide tile) -> tile:")
     for key, tile in sorted(tb._TUNED.items(), key=str):
         print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} run={key[4]:2d} {tuple(tile)}")
+    print("triton backward (K, head_dim, dtype, key run, rpb gradient) -> path:")
+    for key, mode in sorted(tb._MODES.items(), key=str):
+        print(f"  K={key[0]:2d} d={key[1]:3d} {str(key[2]):15s} run={key[3]:2d} rpb grad={key[4]} {mode}")
 
 
 KINDS = ("fwd", "dq", "dkdv")
