@@ -973,8 +973,14 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
             **widths, **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
-    # Autotuning launches add into scratch, not into dq.
-    tile = _pick("bwd", kernel_size, head_dim, q.dtype, width, lambda t: launch(t, torch.empty_like(dq_sum)))
+    scratch = []  # the autotuner's launches add into a scratch dq, made once (outside its graph captures)
+
+    def tuning_launch(tile: Tile) -> torch.Tensor:
+        if not scratch:
+            scratch.append(torch.empty_like(dq_sum))
+        return launch(tile, scratch[0])
+
+    tile = _pick("bwd", kernel_size, head_dim, q.dtype, width, tuning_launch)
     buf = launch(tile, dq_sum)
     dq = dq_sum if q.dtype == torch.float32 else dq_sum.to(q.dtype)
     return dq, dk, dv, _sum_partials(buf, rpb_dtype, kernel_size, True) if rpb_grad else None
