@@ -184,6 +184,30 @@ print("ok", len(runs))
 """
 
 
+DRPB_SUM_SCRIPT = """
+import torch
+from segman.ops.triton_backend import neighborhood_attention as tb
+
+# d_rpb from its partials, summed in one program per d_rpb row, or in splits of the partials (what a
+# GPU with many SMs gets when heads x d_rpb rows are few) added by a second kernel: the same sums
+torch.manual_seed(0)
+kernel_size, nb = 3, 5
+for by_key_row in (False, True):
+    rows = nb if by_key_row else kernel_size
+    parts = torch.randn(1, 31, 100, 2, rows, 16)                  # 3100 partials: 4 splits, the last short
+    one = tb._sum_partials(parts, torch.float32, kernel_size, by_key_row)
+    tb._sm_count = lambda device: 64
+    split = tb._sum_partials(parts, torch.float32, kernel_size, by_key_row)
+    split_bf16 = tb._sum_partials(parts, torch.bfloat16, kernel_size, by_key_row)
+    tb._sm_count = lambda device: 1
+    assert one.shape == (2, nb, nb) and torch.isfinite(one).all()
+    torch.testing.assert_close(split, one, rtol=1e-5, atol=1e-4)
+    assert split_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(split_bf16, one.bfloat16())
+print("ok", 2)
+"""
+
+
 AUTOTUNE_SCRIPT = """
 import torch
 from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference
@@ -289,10 +313,10 @@ print("ok", 3)
 
 
 @pytest.mark.parametrize("script,cases,autotune", [(TABLE_SCRIPT, 4, "0"), (NA_SCRIPT, 20, "0"),
-                                                   (AUTOTUNE_SCRIPT, 1, "1"), (SCAN_SCRIPT, 3, "0"),
+                                                   (DRPB_SUM_SCRIPT, 2, "0"), (AUTOTUNE_SCRIPT, 1, "1"), (SCAN_SCRIPT, 3, "0"),
                                                    (SS2D_SCRIPT, 3, "0")],
-                         ids=["na_bias_table", "neighborhood_attention", "na_autotuning", "selective_scan",
-                              "cross_scan_merge_ss2d"])
+                         ids=["na_bias_table", "neighborhood_attention", "na_drpb_sum", "na_autotuning",
+                              "selective_scan", "cross_scan_merge_ss2d"])
 def test_triton_kernels_in_the_interpreter_match_the_reference(script, cases, autotune):
     env = {**os.environ, "TRITON_INTERPRET": "1", "SEGMAN_NA_TRITON_AUTOTUNE": autotune, "SEGMAN_NA_BACKWARD": "",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

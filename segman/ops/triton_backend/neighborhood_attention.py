@@ -559,19 +559,22 @@ def _bias_table_kernel(RPB, TABLE, KS: tl.constexpr, CO: tl.constexpr, CW: tl.co
 
 
 @triton.jit
-def _drpb_sum_kernel(PARTS, OUT, n_parts, H, tiles_w, KS: tl.constexpr, NBC: tl.constexpr, BP: tl.constexpr,
-                     BY_KEY_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    """d_rpb row ``r`` of head ``h`` (one program each), stored in ``OUT``'s dtype, from partials ``(B, H,
-    tiles_w, heads, R, NBC)``: the dq kernel's by query row ``i`` and window row (``R = K``; window row
-    ``a`` is d_rpb row ``a + start(i) - i + K - 1``), or the fused backward's by key row and d_rpb row
-    (``BY_KEY_ROW``, ``R = 2K - 1``; set where the key row is in the window of query row ``key - r + K - 1``)."""
+def _drpb_sum_kernel(PARTS, OUT, n_parts, parts_per_split, H, tiles_w, KS: tl.constexpr, NBC: tl.constexpr,
+                     BP: tl.constexpr, BY_KEY_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    """Program ``(h·(2K - 1) + r, s)``: the sum of d_rpb row ``r`` of head ``h`` over split ``s`` of the
+    partials ``(B, H, tiles_w, heads, R, NBC)``, stored in ``OUT[s, h, r]`` in ``OUT``'s dtype. The
+    partials are the dq kernel's by query row ``i`` and window row (``R = K``; window row ``a`` is d_rpb
+    row ``a + start(i) - i + K - 1``), or the fused backward's by key row and d_rpb row (``BY_KEY_ROW``,
+    ``R = 2K - 1``; set where the key row is in the window of query row ``key - r + K - 1``)."""
     R: tl.constexpr = 2 * KS - 1 if BY_KEY_ROW else KS
     heads = tl.num_programs(0) // (2 * KS - 1)
     h = tl.program_id(0) // (2 * KS - 1)
     r = tl.program_id(0) % (2 * KS - 1)
     col = tl.arange(0, BP)
     acc = tl.zeros([BLOCK, BP], tl.float32)
-    for p0 in range(0, n_parts, BLOCK):                             # p: (batch, map row, tile column)
+    p_lo = tl.program_id(1) * parts_per_split
+    p_hi = tl.minimum(p_lo + parts_per_split, n_parts)
+    for p0 in range(p_lo, p_hi, BLOCK):                             # p: (batch, map row, tile column)
         p = p0 + tl.arange(0, BLOCK)
         i = (p // tiles_w) % H
         if BY_KEY_ROW:
@@ -583,33 +586,42 @@ def _drpb_sum_kernel(PARTS, OUT, n_parts, H, tiles_w, KS: tl.constexpr, NBC: tl.
             ok = (slot >= 0) & (slot < KS)
         row = (p.to(tl.int64) * heads + h) * R + slot
         acc += tl.load(PARTS + row[:, None] * NBC + col[None, :],
-                       mask=(ok & (p < n_parts))[:, None] & (col < 2 * KS - 1)[None, :], other=0.0)
-    tl.store(OUT + tl.program_id(0) * (2 * KS - 1) + col, tl.sum(acc, 0).to(OUT.dtype.element_ty),
-             mask=col < 2 * KS - 1)
+                       mask=(ok & (p < p_hi))[:, None] & (col < 2 * KS - 1)[None, :], other=0.0)
+    out_row = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(OUT + out_row * (2 * KS - 1) + col, tl.sum(acc, 0).to(OUT.dtype.element_ty), mask=col < 2 * KS - 1)
+
+
+@triton.jit
+def _sum_splits_kernel(PARTS, OUT, n, splits, BLOCK: tl.constexpr):
+    """``OUT[x] = Σ_s PARTS[s, x]`` for ``PARTS (splits, n)`` (fp32), stored in ``OUT``'s dtype."""
+    x = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = x < n
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in range(splits):
+        acc += tl.load(PARTS + s * n + x, mask=ok, other=0.0)
+    tl.store(OUT + x, acc.to(OUT.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _bwd_prep_kernel(O, DO, DELTA, DQ, sob, son, soh, sow, sdb, sdn, sdh, sdw, heads, H, W, D, n_pixels,
-                     DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     DP: tl.constexpr, BLOCK: tl.constexpr):
     """For the fused backward, per pixel: ``Δ = rowsum(dO ∘ O)`` (fp32) and a zeroed row of the fp32
-    ``dq`` (contiguous); one program per ``BLOCK`` pixels of ``(B, heads, H, W)``."""
+    ``dq`` (contiguous); one program per ``BLOCK`` pixels of ``(B, heads, H, W)``, head dim padded to
+    ``DP``."""
     pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = pix < n_pixels
-    pix = tl.minimum(pix, n_pixels - 1).to(tl.int64)
     j = pix % W
     i = (pix // W) % H
-    bh = pix // (H * W)
-    o_rows = (bh // heads) * sob + (bh % heads) * son + i * soh + j * sow
-    d_rows = (bh // heads) * sdb + (bh % heads) * sdn + i * sdh + j * sdw
-    oa, ob = _load_head(O, o_rows, ok, D, True, DA, DB, SPLIT, EVEN_D)
-    do_a, do_b = _load_head(DO, d_rows, ok, D, True, DA, DB, SPLIT, EVEN_D)
-    delta = tl.sum(do_a.to(tl.float32) * oa.to(tl.float32), 1)
-    if SPLIT:
-        delta += tl.sum(do_b.to(tl.float32) * ob.to(tl.float32), 1)
-    tl.store(DELTA + pix, delta, mask=ok)
-    _store_head(DQ, pix * D, ok, tl.zeros([BLOCK, DA], tl.float32), tl.zeros([BLOCK, DB], tl.float32), D, DA, DB,
-                SPLIT)
+    b = pix // (H * W * heads)
+    n = (pix // (H * W)) % heads
+    col = tl.arange(0, DP)
+    mask = ok[:, None] & (col < D)[None, :]
+    o_rows = b.to(tl.int64) * sob + n.to(tl.int64) * son + i * soh + j * sow
+    d_rows = b.to(tl.int64) * sdb + n.to(tl.int64) * sdn + i * sdh + j * sdw
+    o = tl.load(O + o_rows[:, None] + col[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + d_rows[:, None] + col[None, :], mask=mask, other=0.0)
+    tl.store(DELTA + pix, tl.sum(do.to(tl.float32) * o.to(tl.float32), 1), mask=ok)
+    tl.store(DQ + pix.to(tl.int64)[:, None] * D + col[None, :], tl.zeros([BLOCK, DP], tl.float32), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -916,16 +928,30 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
 
 def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_key_row: bool) -> torch.Tensor:
     """d_rpb ``(heads, 2K - 1, 2K - 1)`` in ``dtype`` from the partials ``(B, H, W / TW, heads, R, NBC)`` of
-    the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``) in one launch (torch's
-    sums over d_rpb-row partials, a slice and a cast took two to four)."""
+    the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``). A map with few
+    heads × d_rpb rows (SegMAN-S stage 1: 2·21) splits the partials so that every SM streams some; the
+    splits' sums are added by a second small kernel (a fixed order: deterministic)."""
     batch, height, tiles_w, heads, _, nbc = parts.shape
     nb = 2 * kernel_size - 1
+    n_parts = batch * height * tiles_w
+    block = 256                                   # partials per step; a split streams at least 4 steps
+    splits = max(1, min(triton.cdiv(n_parts, 4 * block), triton.cdiv(4 * _sm_count(parts.device), heads * nb)))
+    per_split = triton.cdiv(triton.cdiv(n_parts, splits), block) * block
+    splits = triton.cdiv(n_parts, per_split)
     out = torch.empty((heads, nb, nb), dtype=dtype, device=parts.device)
-    # SegMAN-S stage 1 has only 2·21 programs, each streaming up to 1.4 MB of partials: wide blocks on 8 warps
-    # keep enough loads in flight per SM.
-    _drpb_sum_kernel[(heads * nb,)](parts, out, batch * height * tiles_w, height, tiles_w, KS=kernel_size, NBC=nbc,
-                                    BP=_pow2(nb, 1), BY_KEY_ROW=by_key_row, BLOCK=256, num_warps=8)
+    sums = out if splits == 1 else torch.empty((splits, heads, nb, nb), dtype=torch.float32, device=parts.device)
+    _drpb_sum_kernel[(heads * nb, splits)](parts, sums, n_parts, per_split, height, tiles_w, KS=kernel_size,
+                                           NBC=nbc, BP=_pow2(nb, 1), BY_KEY_ROW=by_key_row, BLOCK=block,
+                                           num_warps=8)
+    if splits > 1:
+        _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](sums, out, out.numel(), splits, BLOCK=1024)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    """The GPU's SM count; 1 for the interpreter's CPU tensors."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: float):
@@ -952,10 +978,13 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
     rpb_grad = rpb_dtype is not None
     delta = torch.empty_like(lse)
     dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    block = 64
+    # 1024 elements per program (8 per thread): unaligned rows (head_dim 36) load element by element, and
+    # wider blocks spilled their addresses
+    head_pad = triton.next_power_of_2(head_dim)
+    block = 1024 // head_pad
     _bwd_prep_kernel[(triton.cdiv(lse.numel(), block),)](o, do, delta, dq_sum, *_strides4(o), *_strides4(do), heads,
-                                                           height, width, head_dim, lse.numel(), BLOCK=block,
-                                                           **head_args(head_dim))
+                                                           height, width, head_dim, lse.numel(), DP=head_pad,
+                                                           BLOCK=block)
     dk = torch.empty(q.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     widths = drpb_widths(kernel_size)
