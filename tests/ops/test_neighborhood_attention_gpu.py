@@ -212,21 +212,20 @@ def test_wide_border_band(backend):
 
 
 @needs_cuda
-def test_every_candidate_tile():
+@pytest.mark.parametrize("kernel_size,head_dim,dtype,width", [(7, 32, F32, 21), (7, 20, BF16, 12), (11, 36, BF16, 21),
+                                                            (3, 128, F16, 21), (9, 64, F32, 21), (5, 128, F32, 11),
+                                                            (5, 64, F32, 11)])
+def test_every_candidate_tile(kernel_size, head_dim, dtype, width):
     """Every tile the autotuner may pick computes the same function (fwd, dq, dk/dv and fused backward
     kernels), also on maps narrower than the tiles' key runs (12 or 11 wide: runs of 16 instead of 32),
     and fp32 at head_dim 64 and 128 on 8 warps, whose runs ``tile_run`` keeps at 32."""
     tb = importlib.import_module("segman.ops.triton_backend.neighborhood_attention")
+    tiles = {kind: tb.candidates(kind, kernel_size, head_dim, dtype) for kind in ("fwd", "dq", "dkdv", "bwd")}
     try:
-        for kernel_size, head_dim, dtype, width in [(7, 32, F32, 21), (7, 20, BF16, 12), (11, 36, BF16, 21),
-                                                    (3, 128, F16, 21), (9, 64, F32, 21), (5, 128, F32, 11),
-                                                    (5, 64, F32, 11)]:
-            tiles = {kind: tb.candidates(kind, kernel_size, head_dim, dtype) for kind in ("fwd", "dq", "dkdv", "bwd")}
-            for i in range(max(len(t) for t in tiles.values())):
-                pick = {kind: t[min(i, len(t) - 1)] for kind, t in tiles.items()}
-                tb.force_tiles(**pick)
-                for backend in ("triton", "triton-fused"):
-                    run_case(backend, 1, 2, 19 if width > 16 else 13, width, head_dim, kernel_size, dtype, seed=i)
+        for i in range(max(len(t) for t in tiles.values())):
+            tb.force_tiles(**{kind: t[min(i, len(t) - 1)] for kind, t in tiles.items()})
+            for backend in ("triton", "triton-fused"):
+                run_case(backend, 1, 2, 19 if width > 16 else 13, width, head_dim, kernel_size, dtype, seed=i)
     finally:
         tb.force_tiles()
 

@@ -103,3 +103,18 @@ def test_kernel_compiles_for_sm90(name, fn, constexprs, pointers, tile):
     warps, stages = (tile.num_warps, tile.num_stages) if tile is not None else (4, 2)
     kernel = compile_sm90(fn, constexprs, pointers, warps, stages)
     assert "cubin" in kernel.asm and len(kernel.asm["cubin"]) > 0, name
+
+
+def test_fused_backward_candidates_fit_an_h100s_shared_memory():
+    """fp32 at head_dim 128 is the fused backward's largest footprint (tf32x3 operands, a whole query
+    band per key tile): every tile the autotuner may try, or that a forced fused backward may get, must
+    fit sm_90's 227 KiB of shared memory (two rows per dot needed 256 and failed to launch)."""
+    kernel_size, head_dim, width = 5, 128, 64
+    geo = na.geometry(kernel_size)
+    ptrs = {name: "fp32" for name in ("Q", "K", "V", "DO", "DK", "DV", "TABLE", "LSE", "DELTA", "DRPB", "DQ")}
+    for tile in na.candidates("bwd", kernel_size, head_dim, torch.float32):
+        constexprs = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
+                          **na.head_args(head_dim), PRECISION="tf32x3", ALIGN=4, FUSED=True, RPB_GRAD=True,
+                          QWP=na.tile_run(tile, kernel_size, width, torch.float32, True), **na.drpb_widths(kernel_size))
+        kernel = compile_sm90(na._na2d_bwd_dkdv_kernel, constexprs, ptrs, tile.num_warps, tile.num_stages)
+        assert kernel.metadata.shared <= 227 * 1024, (tile, kernel.metadata.shared)

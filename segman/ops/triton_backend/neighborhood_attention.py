@@ -707,7 +707,8 @@ def drpb_widths(kernel_size: int) -> dict:
 
 
 def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -> list[Tile]:
-    """Tiles tried by the autotuner for one kernel ("fwd", "dq" or "dkdv"), default first.
+    """Tiles tried by the autotuner for one kernel ("fwd", "dq", "dkdv" or the fused backward's "bwd"),
+    default first.
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
     share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
@@ -716,7 +717,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     H100).  Where a tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32),
     8 × 8 tiles score (K + 7)·16 keys per query instead of (K + 3)·32.  On small maps (SegMAN stages
     3-4) the kernels gain 10-30 % from 2-4 rows per dot; with a head_dim of 128 those dots would
-    spill."""
+    spill.  The fused backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB of
+    shared memory (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
@@ -731,6 +733,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(4, 2, 4, warps)] + ([Tile(8, 1, 4, warps, tw=8)] if narrow else [])
     if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
+    if kind == "bwd" and dtype == torch.float32 and dp >= 128:
+        tiles = [tile for tile in tiles if tile.rows == 1]
     return tiles
 
 
