@@ -233,6 +233,21 @@ __device__ __forceinline__ RowInputs<T> row_inputs(const ScanParams& p, int b, i
           static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g, static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g};
 }
 
+// A lane's raw u, delta, B and C (state 0) at one chunk: the kernels load them a chunk ahead of use.
+template <typename T>
+struct ChunkInputs {
+  Raw<T> u, delta, B, C;
+};
+
+// Loads the steps from t (valid of them in the row) of each input; u and delta are streamed.
+template <typename T, bool kVec>
+__device__ __forceinline__ void load_chunk(ChunkInputs<T>& r, const RowInputs<T>& in, int t, int valid) {
+  load_raw<T, kVec, true>(r.u, in.u + t, valid);
+  load_raw<T, kVec, true>(r.delta, in.delta + t, valid);
+  load_raw<T, kVec, false>(r.B, in.B + t, valid);
+  load_raw<T, kVec, false>(r.C, in.C + t, valid);
+}
+
 // Level 1: folds a lane's steps into the map h -> P h + H, keeping each step's decay a = exp(dt A)
 // and input bv = dt u B for the replay.
 __device__ __forceinline__ void fold_steps(const float (&dt)[kItems], const float (&uv)[kItems],
@@ -297,7 +312,7 @@ scan_fwd_kernel(const ScanParams p) {
   const int n_state = p.n_state;
   const int64_t row = static_cast<int64_t>(b) * p.channels + c;
 
-  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
+  const RowInputs<T> in = row_inputs<T>(p, b, g, c);
   float* out = p.out + row * p.length;
   float* states = p.states + row * p.n_chunks * n_state;
 
@@ -311,33 +326,21 @@ scan_fwd_kernel(const ScanParams p) {
   const float bias = p.bias ? p.bias[c] : 0.f;
 
   // software pipeline: the raw data of chunk i+1 is in flight while chunk i is computed
-  Raw<T> ru, rd, rB, rC;
-  {
-    const int valid = p.length - lane * kItems;
-    load_raw<T, kVec, true>(ru, u + lane * kItems, valid);
-    load_raw<T, kVec, true>(rd, delta + lane * kItems, valid);
-    load_raw<T, kVec, false>(rB, Bp + lane * kItems, valid);
-    load_raw<T, kVec, false>(rC, Cp + lane * kItems, valid);
-  }
+  ChunkInputs<T> cur;
+  load_chunk<T, kVec>(cur, in, lane * kItems, p.length - lane * kItems);
   for (int chunk = 0; chunk < p.n_chunks; ++chunk) {
     const int t0 = chunk * kChunk + lane * kItems;
     const int valid = p.length - t0;
-    Raw<T> nu, nd, nB, nC;
-    if (chunk + 1 < p.n_chunks) {
-      const int tn = t0 + kChunk;
-      load_raw<T, kVec, true>(nu, u + tn, valid - kChunk);
-      load_raw<T, kVec, true>(nd, delta + tn, valid - kChunk);
-      load_raw<T, kVec, false>(nB, Bp + tn, valid - kChunk);
-      load_raw<T, kVec, false>(nC, Cp + tn, valid - kChunk);
-    }
+    ChunkInputs<T> next;
+    if (chunk + 1 < p.n_chunks) load_chunk<T, kVec>(next, in, t0 + kChunk, valid - kChunk);
     if (lane == 0) {
 #pragma unroll
       for (int n = 0; n < kN; ++n)
         if (n < n_state) states[chunk * n_state + n] = carry[n];
     }
     float uv[kItems], dt[kItems], y[kItems];
-    to_floats(ru, uv);
-    to_floats(rd, dt);
+    to_floats(cur.u, uv);
+    to_floats(cur.delta, dt);
     step_sizes<kVec>(dt, bias, p.softplus, valid);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) y[j] = Dc * uv[j];
@@ -346,11 +349,11 @@ scan_fwd_kernel(const ScanParams p) {
       if (n >= n_state) break;
       float Bv[kItems], Cv[kItems], a[kItems], bv[kItems];
       if (n == 0) {
-        to_floats(rB, Bv);
-        to_floats(rC, Cv);
+        to_floats(cur.B, Bv);
+        to_floats(cur.C, Cv);
       } else {
-        load_items<T, kVec>(Bp + n * p.B_n + t0, valid, Bv);
-        load_items<T, kVec>(Cp + n * p.C_n + t0, valid, Cv);
+        load_items<T, kVec>(in.B + n * p.B_n + t0, valid, Bv);
+        load_items<T, kVec>(in.C + n * p.C_n + t0, valid, Cv);
       }
       float P, H;
       fold_steps(dt, uv, Bv, A2[n], a, bv, P, H);
@@ -359,7 +362,7 @@ scan_fwd_kernel(const ScanParams p) {
       carry[n] = __shfl_sync(kFull, P * carry[n] + H, 31);
     }
     store_items<float, kVec>(out + t0, valid, y);
-    ru = nu; rd = nd; rB = nB; rC = nC;
+    cur = next;
   }
 }
 
@@ -382,7 +385,7 @@ scan_fwd_row_block_kernel(const ScanParams p) {
   const int c = g * p.dg + blockIdx.x;
   const int64_t row = static_cast<int64_t>(b) * p.channels + c;
 
-  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
+  const RowInputs<T> in = row_inputs<T>(p, b, g, c);
   float* out = p.out + row * p.length;
   float* states = p.states + row * p.n_chunks;
   const float A2 = p.A[c] * kLog2e;
@@ -392,31 +395,19 @@ scan_fwd_row_block_kernel(const ScanParams p) {
   constexpr int kStep = kWarps * kChunk;
   const int steps = (p.length + kStep - 1) / kStep;
   const int first = warp * kChunk + lane * kItems;  // this lane's first step within a block step
-  Raw<T> ru, rd, rB, rC;
-  {
-    const int valid = p.length - first;
-    load_raw<T, kVec, true>(ru, u + first, valid);
-    load_raw<T, kVec, true>(rd, delta + first, valid);
-    load_raw<T, kVec, false>(rB, Bp + first, valid);
-    load_raw<T, kVec, false>(rC, Cp + first, valid);
-  }
+  ChunkInputs<T> cur;
+  load_chunk<T, kVec>(cur, in, first, p.length - first);
   float carry = 0.f;  // the state entering this step's first chunk (every warp holds it)
   for (int step = 0; step < steps; ++step) {
     const int t0 = step * kStep + first;
     const int valid = p.length - t0;
-    Raw<T> nu, nd, nB, nC;
-    if (step + 1 < steps) {
-      const int tn = t0 + kStep;
-      load_raw<T, kVec, true>(nu, u + tn, valid - kStep);
-      load_raw<T, kVec, true>(nd, delta + tn, valid - kStep);
-      load_raw<T, kVec, false>(nB, Bp + tn, valid - kStep);
-      load_raw<T, kVec, false>(nC, Cp + tn, valid - kStep);
-    }
+    ChunkInputs<T> next;
+    if (step + 1 < steps) load_chunk<T, kVec>(next, in, t0 + kStep, valid - kStep);
     float uv[kItems], dt[kItems], Bv[kItems], Cv[kItems], a[kItems], bv[kItems], y[kItems];
-    to_floats(ru, uv);
-    to_floats(rd, dt);
-    to_floats(rB, Bv);
-    to_floats(rC, Cv);
+    to_floats(cur.u, uv);
+    to_floats(cur.delta, dt);
+    to_floats(cur.B, Bv);
+    to_floats(cur.C, Cv);
     step_sizes<kVec>(dt, bias, p.softplus, valid);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) y[j] = Dc * uv[j];
@@ -436,7 +427,7 @@ scan_fwd_row_block_kernel(const ScanParams p) {
     if (lane == 0 && chunk < p.n_chunks) states[chunk] = h_warp;
     replay_steps(P, H, h_warp, lane, a, bv, Cv, y);
     store_items<float, kVec>(out + t0, valid, y);
-    ru = nu; rd = nd; rB = nB; rC = nC;
+    cur = next;
   }
 }
 
@@ -501,7 +492,7 @@ scan_bwd_kernel(const ScanParams p) {
   const int n_state = p.n_state;
   const int64_t row = static_cast<int64_t>(b) * p.channels + c;
 
-  const auto [u, delta, Bp, Cp] = row_inputs<T>(p, b, g, c);
+  const RowInputs<T> in = row_inputs<T>(p, b, g, c);
   const float* dout = p.dout + b * p.o_b + c * p.o_c;
   const float* states = p.states + row * p.n_chunks * n_state;
   T* du_out = static_cast<T*>(p.du) + row * p.length;
@@ -522,39 +513,33 @@ scan_bwd_kernel(const ScanParams p) {
   float dD_acc = 0.f, dbias_acc = 0.f;
 
   // software pipeline over the chunks (last to first)
-  Raw<T> ru, rd, rB, rC;
+  ChunkInputs<T> cur;
   Raw<float> rg;
   float rh0;
   {
     const int chunk = p.n_chunks - 1;
     const int t0 = chunk * kChunk + lane * kItems;
     const int valid = active ? p.length - t0 : 0;
-    load_raw<T, kVec, true>(ru, u + t0, valid);
-    load_raw<T, kVec, true>(rd, delta + t0, valid);
+    load_chunk<T, kVec>(cur, in, t0, valid);
     load_raw<float, kVec, true>(rg, dout + t0, valid);
-    load_raw<T, kVec, false>(rB, Bp + t0, valid);
-    load_raw<T, kVec, false>(rC, Cp + t0, valid);
     rh0 = active ? states[chunk * n_state] : 0.f;
   }
   for (int chunk = p.n_chunks - 1; chunk >= 0; --chunk) {
     const int t0 = chunk * kChunk + lane * kItems;
     const int valid = active ? p.length - t0 : 0;
-    Raw<T> nu, nd, nB, nC;
+    ChunkInputs<T> next;
     Raw<float> ng;
     float nh0 = 0.f;
     if (chunk > 0) {
       const int tp = t0 - kChunk;
       const int valid_prev = active ? kItems : 0;  // every chunk before the last one is full
-      load_raw<T, kVec, true>(nu, u + tp, valid_prev);
-      load_raw<T, kVec, true>(nd, delta + tp, valid_prev);
+      load_chunk<T, kVec>(next, in, tp, valid_prev);
       load_raw<float, kVec, true>(ng, dout + tp, valid_prev);
-      load_raw<T, kVec, false>(nB, Bp + tp, valid_prev);
-      load_raw<T, kVec, false>(nC, Cp + tp, valid_prev);
       nh0 = active ? states[(chunk - 1) * n_state] : 0.f;
     }
     float uv[kItems], sig[kItems], dt[kItems], go[kItems], du[kItems], ddt[kItems];
-    to_floats(ru, uv);
-    to_floats(rd, dt);
+    to_floats(cur.u, uv);
+    to_floats(cur.delta, dt);
     to_floats(rg, go);
     step_sizes<kVec>(dt, bias, p.softplus, valid, &sig);
 #pragma unroll
@@ -569,12 +554,12 @@ scan_bwd_kernel(const ScanParams p) {
       float Bv[kItems], Cv[kItems], a[kItems], bv[kItems], hs[kItems];
       float h0;
       if (n == 0) {
-        to_floats(rB, Bv);
-        to_floats(rC, Cv);
+        to_floats(cur.B, Bv);
+        to_floats(cur.C, Cv);
         h0 = rh0;
       } else {
-        load_items<T, kVec>(Bp + n * p.B_n + t0, valid, Bv);
-        load_items<T, kVec>(Cp + n * p.C_n + t0, valid, Cv);
+        load_items<T, kVec>(in.B + n * p.B_n + t0, valid, Bv);
+        load_items<T, kVec>(in.C + n * p.C_n + t0, valid, Cv);
         h0 = active ? states[chunk * n_state + n] : 0.f;
       }
       // ---- recompute h inside the chunk from the saved entering state
@@ -656,7 +641,9 @@ scan_bwd_kernel(const ScanParams p) {
         store_items<T, kVec>(ddelta_out + t0, valid, ddt);
       }
     }
-    ru = nu; rd = nd; rg = ng; rB = nB; rC = nC; rh0 = nh0;
+    cur = next;
+    rg = ng;
+    rh0 = nh0;
   }
   // ---- per-(batch, channel) partial sums
 #pragma unroll
@@ -676,6 +663,13 @@ scan_bwd_kernel(const ScanParams p) {
   }
 }
 
+// The dB, dC cast's share of finalize_bwd_kernel's items: none for fp32 inputs, else one per
+// element, or per 4 elements with kVec.
+template <typename T, bool kVec>
+__host__ __device__ constexpr int64_t cast_items(int64_t count) {
+  return std::is_same_v<T, float> ? 0 : (kVec ? count / 4 : count);
+}
+
 // After the backward kernel, one launch for what remains: dB, dC from the fp32 accumulators to the
 // input dtype (16-bit inputs; count elements, a multiple of 4 when kVec) and the sums over the
 // batch of the per-(batch, channel) partials of dA, dD, d_bias.
@@ -683,7 +677,7 @@ template <typename T, bool kVec>
 __global__ void finalize_bwd_kernel(const float* dBC, T* dBC_out, int64_t count, const float* partials,
                                     float* sums, int batch, int64_t part_b) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t vecs = std::is_same_v<T, float> ? 0 : (kVec ? count / 4 : count);
+  const int64_t vecs = cast_items<T, kVec>(count);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < vecs + part_b; i += stride) {
     if (i < vecs) {
       if constexpr (!std::is_same_v<T, float>) {
@@ -743,7 +737,7 @@ void launch_bwd_n(const ScanParams& p, cudaStream_t stream) {
 template <typename T>
 void launch_finalize_bwd(const ScanParams& p, bool vec, cudaStream_t stream) {
   const int64_t count = 2 * static_cast<int64_t>(p.batch) * p.groups * p.n_state * p.length;
-  const int64_t items = (std::is_same_v<T, float> ? 0 : (vec ? count / 4 : count)) + p.part_b;
+  const int64_t items = (vec ? cast_items<T, true>(count) : cast_items<T, false>(count)) + p.part_b;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((items + threads - 1) / threads, 65535));
   T* out = static_cast<T*>(p.dB_out);
