@@ -33,11 +33,10 @@ def _mirror(i0, size, TILE: tl.constexpr):
 
 
 @triton.jit
-def _cross_scan_kernel(x_ptr, out_ptr, channels, height, width,
-                       sx_b, sx_c, sx_h, sx_w,
-                       TILE: tl.constexpr):
-    # Pixel (i, j) goes to row-major position (i, j) of out0 and, mirrored, (H-1-i, W-1-j) of
-    # out2 (both viewed as (H, W)); to (j, i) of out1 and (W-1-j, H-1-i) of out3 (viewed as (W, H)).
+def _program_tile(channels, height, width, TILE: tl.constexpr):
+    """This program's tile: batch ``b`` and channel ``c`` (int64) of its plane, its first row ``i0`` and
+    column ``j0``, map rows ``h`` and columns ``w`` ``[TILE]`` (inside the map where ``h_ok``, ``w_ok``;
+    ``mask``: both, ``[TILE, TILE]``)."""
     plane = tl.program_id(0)                   # b * channels + c
     i0 = tl.program_id(1) * TILE
     j0 = tl.program_id(2) * TILE
@@ -45,10 +44,19 @@ def _cross_scan_kernel(x_ptr, out_ptr, channels, height, width,
     w = j0 + tl.arange(0, TILE)
     b = (plane // channels).to(tl.int64)
     c = (plane % channels).to(tl.int64)
-    length = height * width
     h_ok = h < height
     w_ok = w < width
-    mask = h_ok[:, None] & w_ok[None, :]
+    return b, c, i0, j0, h, w, h_ok, w_ok, h_ok[:, None] & w_ok[None, :]
+
+
+@triton.jit
+def _cross_scan_kernel(x_ptr, out_ptr, channels, height, width,
+                       sx_b, sx_c, sx_h, sx_w,
+                       TILE: tl.constexpr):
+    # Pixel (i, j) goes to row-major position (i, j) of out0 and, mirrored, (H-1-i, W-1-j) of
+    # out2 (both viewed as (H, W)); to (j, i) of out1 and (W-1-j, H-1-i) of out3 (viewed as (W, H)).
+    b, c, i0, j0, h, w, h_ok, w_ok, mask = _program_tile(channels, height, width, TILE)
+    length = height * width
     tile = tl.load(x_ptr + b * sx_b + c * sx_c + h[:, None] * sx_h + w[None, :] * sx_w, mask=mask)
     tile_t = tl.trans(tile)                                     # [w, h]: out1, out3
     plane_len = channels.to(tl.int64) * length
@@ -67,17 +75,8 @@ def _cross_scan_kernel(x_ptr, out_ptr, channels, height, width,
 def _cross_merge_kernel(y_ptr, out_ptr, channels, height, width,
                         sy_b, sy_k, sy_c,
                         TILE: tl.constexpr):
-    plane = tl.program_id(0)
-    i0 = tl.program_id(1) * TILE
-    j0 = tl.program_id(2) * TILE
-    h = i0 + tl.arange(0, TILE)
-    w = j0 + tl.arange(0, TILE)
-    b = (plane // channels).to(tl.int64)
-    c = (plane % channels).to(tl.int64)
+    b, c, i0, j0, h, w, h_ok, w_ok, mask = _program_tile(channels, height, width, TILE)
     length = height * width
-    h_ok = h < height
-    w_ok = w < width
-    mask = h_ok[:, None] & w_ok[None, :]
     y0 = y_ptr + b * sy_b + c * sy_c
     row = h[:, None] * width + w[None, :]
     w_mirror = _mirror(j0, width, TILE)

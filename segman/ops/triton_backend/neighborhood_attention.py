@@ -182,11 +182,15 @@ def _table_copy(KS: tl.constexpr, CW: tl.constexpr):
 
 
 @triton.jit
-def _tile_origin(rows_per_program, W, TW: tl.constexpr):
-    """First row and first column of this program's pixels."""
+def _program_place(heads, table_heads, W, KS: tl.constexpr, CW: tl.constexpr, rows_per_program, TW: tl.constexpr):
+    """This program's (batch, head) index ``bh``, as batch ``b`` (int64) and head ``n``; the first row
+    and first column of its pixels; and its head's offset in the bias table."""
+    bh = tl.program_id(1)
+    n = bh % heads
     pid_t = tl.program_id(0)
     tiles_w = tl.cdiv(W, TW)
-    return (pid_t // tiles_w) * rows_per_program, (pid_t % tiles_w) * TW
+    return (bh, (bh // heads).to(tl.int64), n, (pid_t // tiles_w) * rows_per_program, (pid_t % tiles_w) * TW,
+            (n % table_heads) * (4 * _table_copy(KS, CW)))
 
 
 @triton.jit
@@ -217,12 +221,15 @@ def _query_tile(i0, j0, H, W, table_head, col0, KS: tl.constexpr, TH: tl.constex
 
 
 @triton.jit
-def _key_columns(j0, W, KS: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, TW: tl.constexpr):
-    """Key columns of a query tile's step of ``ROWS`` key rows, ``ROWS·RWP`` keys, row after row: the
-    loaded ones (clamped into the union of the tile's windows), and the first."""
+def _key_run(K, V, b, n, skb, skn, skw, svb, svn, svw, j0, W, KS: tl.constexpr, RWP: tl.constexpr,
+             ROWS: tl.constexpr, TW: tl.constexpr):
+    """The keys of a query tile's step of ``ROWS`` key rows, ``ROWS·RWP`` keys, row after row: the K and
+    V bases of (batch ``b``, head ``n``) (scalars; offsets from them fit int32), the loaded columns'
+    offsets from them (clamped into the union of the tile's windows), and the first key column."""
     col0 = _window_start(j0, W, KS)
     col1 = _window_start(tl.minimum(j0 + TW, W) - 1, W, KS) + KS
-    return tl.minimum(col0 + tl.arange(0, ROWS * RWP) % RWP, col1 - 1), col0
+    columns = tl.minimum(col0 + tl.arange(0, ROWS * RWP) % RWP, col1 - 1)
+    return K + b * skb + n * skn, V + b * svb + n * svn, columns * skw, columns * svw, col0
 
 
 @triton.jit
@@ -274,16 +281,8 @@ def _na2d_fwd_kernel(
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
     sob, son, soh, sow = _aligned(sob, son, soh, sow, ALIGN)
     D = (D // ALIGN) * ALIGN
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    n = pid_bh % heads
-    i_first, j0 = _tile_origin(TR * TH, W, TW)
-    kc_load, col0 = _key_columns(j0, W, KS, RWP, ROWS, TW)
-    k_base = K + b * skb + n * skn                                  # scalar bases, int32 offsets
-    v_base = V + b * svb + n * svn
-    k_cols = kc_load * skw
-    v_cols = kc_load * svw
-    table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
+    pid_bh, b, n, i_first, j0, table_head = _program_place(heads, table_heads, W, KS, CW, TR * TH, TW)
+    k_base, v_base, k_cols, v_cols, col0 = _key_run(K, V, b, n, skb, skn, skw, svb, svn, svw, j0, W, KS, RWP, ROWS, TW)
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
@@ -359,16 +358,8 @@ def _na2d_bwd_dq_kernel(
     sdb, sdn, sdh, sdw = _aligned(sdb, sdn, sdh, sdw, ALIGN)
     sgb, sgn, sgh, sgw = _aligned(sgb, sgn, sgh, sgw, ALIGN)
     D = (D // ALIGN) * ALIGN
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    n = pid_bh % heads
-    i_first, j0 = _tile_origin(TR * TH, W, TW)
-    kc_load, col0 = _key_columns(j0, W, KS, RWP, ROWS, TW)
-    k_base = K + b * skb + n * skn
-    v_base = V + b * svb + n * svn
-    k_cols = kc_load * skw
-    v_cols = kc_load * svw
-    table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
+    pid_bh, b, n, i_first, j0, table_head = _program_place(heads, table_heads, W, KS, CW, TR * TH, TW)
+    k_base, v_base, k_cols, v_cols, col0 = _key_run(K, V, b, n, skb, skn, skw, svb, svn, svw, j0, W, KS, RWP, ROWS, TW)
 
     # d_rpb: bias column c of query column qj, in row r of a step, sits at key g_idx[m, r·BP + c].
     qj_tile = j0 + tl.arange(0, TH * TW) // TH
@@ -496,10 +487,7 @@ def _na2d_bwd_dkdv_kernel(
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
     sdb, sdn, sdh, sdw = _aligned(sdb, sdn, sdh, sdw, ALIGN)
     D = (D // ALIGN) * ALIGN
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    n = pid_bh % heads
-    r_first, j0 = _tile_origin(TR * TH, W, TW)
+    pid_bh, b, n, r_first, j0, table_head = _program_place(heads, table_heads, W, KS, CW, TR * TH, TW)
     q_base = Q + b * sqb + n * sqn
     do_base = DO + b * sdb + n * sdn
     stats = pid_bh.to(tl.int64) * H * W
@@ -507,7 +495,6 @@ def _na2d_bwd_dkdv_kernel(
     lo_c = _query_lo(j0, KS)
     hi_c = _query_hi(tl.minimum(j0 + TW, W) - 1, W, KS)
     n_cc = 1 if FUSED else tl.cdiv(hi_c - lo_c + 1, QWP)
-    table_head = (n % table_heads) * (4 * _table_copy(KS, CW))
     # FUSED d_rpb: bias column c of key m, against step row g, sits at query g_idx[m, g·BP + c].
     kc_tile = tl.minimum(j0 + tl.arange(0, TH * TW) // TH, W - 1)
     g = tl.arange(0, ROWS * BP)

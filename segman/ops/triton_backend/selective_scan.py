@@ -102,26 +102,35 @@ def _cross_position(t, g, length, height, width):
 
 
 @triton.jit
+def _program_channels(D_ptr, bias_ptr, groups, dg, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """The rows of this program: batch ``b`` (int64), group ``g``, channels ``cin`` of the group and
+    ``ch`` overall ``[BLOCK_C]`` (real where ``cmask``), with their delta_bias and D (fp32; zeros
+    when absent)."""
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(dg, BLOCK_C)
+    bg = pid // n_cb
+    g = bg % groups
+    b = (bg // groups).to(tl.int64)
+    cin = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cin < dg
+    ch = (g * dg + cin).to(tl.int64)
+    bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    return b, g, cin, cmask, ch, bias, Dv
+
+
+@triton.jit
 def _fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_ptr,
                 groups, dg, n_state, length, n_chunks, height, width,
                 su_b, su_c, sd_b, sd_c, sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, MULTI: tl.constexpr,
                 CROSS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(dg, BLOCK_C)
-    cb = pid % n_cb
-    bg = pid // n_cb
-    g = bg % groups
-    b = (bg // groups).to(tl.int64)
-    cin = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cin < dg
-    ch = (g * dg + cin).to(tl.int64)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    b, g, cin, cmask, ch, bias, Dv = _program_channels(D_ptr, bias_ptr, groups, dg, HAS_D, HAS_BIAS, BLOCK_C)
     row = b * groups * dg + ch                              # output row of each channel
     d_row = dl_ptr + b * sd_b + ch * sd_c
     if CROSS:  # u is the (Bt, Dg, H, W) map and y the merged (Bt, Dg, L) output (SPEC §2.4-2.5)
@@ -177,21 +186,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, st_ptr, dy_
                 su_b, su_c, sd_b, sd_c, sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sy_b, sy_c,
                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, MULTI: tl.constexpr,
                 CROSS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid = tl.program_id(0)
-    n_cb = tl.cdiv(dg, BLOCK_C)
-    cb = pid % n_cb
-    bg = pid // n_cb
-    g = bg % groups
-    b = (bg // groups).to(tl.int64)
-    cin = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cin < dg
-    ch = (g * dg + cin).to(tl.int64)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+    b, g, cin, cmask, ch, bias, Dv = _program_channels(D_ptr, bias_ptr, groups, dg, HAS_D, HAS_BIAS, BLOCK_C)
     row = b * groups * dg + ch
     d_row = dl_ptr + b * sd_b + ch * sd_c
     ddl_row = ddl_ptr + row * length
