@@ -21,6 +21,18 @@ KNOWN_TOP_LEVEL_KEYS = (
 PAPER_TOTAL_BATCH = {'ADE20KDataset': 16, 'COCOStuffDataset': 16, 'CityscapesDataset': 8}
 
 
+def load_config(path: str, options: dict | None = None) -> Config:
+    """The config at ``path`` with the ``--cfg-options`` overrides ``options`` merged in; a missing
+    file is a clear error (mmcv's names neither the working directory nor the fix)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"config file '{path}' does not exist (relative to {osp.abspath('.')}); "
+                                f"configs are under segmentation/local_configs/")
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
+
+
 def _unwrap(dataset_cfg: dict) -> dict:
     """The innermost dataset config of RepeatDataset / ConcatDataset-style wrappers."""
     while 'dataset' in dataset_cfg:

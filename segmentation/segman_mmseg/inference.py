@@ -16,6 +16,7 @@ from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401  (registration)
 from segman.models import CheckpointError, load_checkpoint_file, load_segmentor_checkpoint
+from segman_mmseg.config_checks import load_config
 
 ImageLike = Union[str, np.ndarray]
 
@@ -48,7 +49,7 @@ def load_segmentor(config: Union[str, Config], checkpoint: str, device: str = 'c
     """A segmentor in eval mode on ``device``, ready for :func:`predict`."""
     from mmcv.cnn.utils import revert_sync_batchnorm
 
-    cfg = Config.fromfile(config) if isinstance(config, str) else config.copy()
+    cfg = load_config(config) if isinstance(config, str) else config.copy()
     model = revert_sync_batchnorm(build_segmentor_from_checkpoint(cfg, checkpoint))
     model.cfg = cfg  # mmseg's inference_segmentor reads the test pipeline from here
     return model.to(device).eval()

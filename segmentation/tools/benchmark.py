@@ -54,16 +54,14 @@ def build_model(config: str, checkpoint: Optional[str], device: torch.device):
     """The config's segmentor in eval mode on ``device`` (BN instead of SyncBN, no ImageNet weights)."""
     from mmcv.cnn.utils import revert_sync_batchnorm
     from mmcv.runner import load_checkpoint
-    from mmcv.utils import Config
 
     import segman_mmseg  # noqa: F401  (registers the SegMAN types)
+    from segman_mmseg.config_checks import load_config
     from mmseg.models import build_segmentor
 
-    if not osp.isfile(config):
-        raise FileNotFoundError(f"config file '{config}' does not exist (relative to {osp.abspath('.')})")
+    cfg = load_config(config)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist")
-    cfg = Config.fromfile(config)
     cfg.model.backbone.pretrained = None
     cfg.model.pretrained = None
     model = build_segmentor(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os.path as osp
 import sys
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional
@@ -184,18 +183,14 @@ def parse_shape(shape: Optional[List[int]], default: tuple) -> tuple:
 def build_segmentor(config: str, cfg_options: Optional[dict] = None):
     """The config's segmentor in eval mode on CPU, without pretrained weights (BN instead of SyncBN)."""
     from mmcv.cnn.utils import revert_sync_batchnorm
-    from mmcv.utils import Config
 
     import segman_mmseg  # noqa: F401  (registers the SegMAN types)
+    from segman_mmseg.config_checks import load_config
     from mmseg.models import build_segmentor as mmseg_build_segmentor
 
-    if not osp.isfile(config):
-        raise FileNotFoundError(f"config file '{config}' does not exist (relative to {osp.abspath('.')})")
-    cfg = Config.fromfile(config)
+    cfg = load_config(config, cfg_options)
     cfg.model.backbone.pretrained = None  # FLOPs need no weights
     cfg.model.pretrained = None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
     model = mmseg_build_segmentor(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
     return cfg, revert_sync_batchnorm(model).eval()
 

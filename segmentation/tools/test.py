@@ -18,10 +18,10 @@ import mmcv
 import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import get_dist_info, init_dist, wrap_fp16_model
-from mmcv.utils import Config, DictAction
+from mmcv.utils import DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
-from segman_mmseg.config_checks import check_config
+from segman_mmseg.config_checks import check_config, load_config
 from segman_mmseg.inference import build_segmentor_from_checkpoint
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
@@ -61,9 +61,7 @@ def main() -> None:
     from mmseg.datasets import build_dataloader, build_dataset
     from mmseg.utils import build_ddp, build_dp, get_device, setup_multi_processes
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     setup_multi_processes(cfg)
     if cfg.get("cudnn_benchmark", False):
         torch.backends.cudnn.benchmark = True

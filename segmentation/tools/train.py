@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import get_dist_info, init_dist
-from mmcv.utils import Config, DictAction
+from mmcv.utils import DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
-from segman_mmseg.config_checks import check_config, report_batch_size
+from segman_mmseg.config_checks import check_config, load_config, report_batch_size
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,9 +61,7 @@ def main() -> None:
     from mmseg.models import build_segmentor
     from mmseg.utils import collect_env, get_device, get_root_logger, setup_multi_processes
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     if args.drop_path is not None:
         cfg.model.backbone.drop_path_rate = args.drop_path
     if args.cuda_graph:

@@ -9,16 +9,20 @@ from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401
 from mmseg.models import build_segmentor
-from segman_mmseg.config_checks import check_config, report_batch_size, warn_misspelled_keys
+from segman_mmseg.config_checks import check_config, load_config, report_batch_size, warn_misspelled_keys
 
 T_ADE = str(CONFIGS / "segman/tiny/segman_t_ade.py")
 
 
 def _cfg(**options) -> Config:
-    cfg = Config.fromfile(T_ADE)
-    cfg.model.backbone.pretrained = None
-    cfg.merge_from_dict(options)
-    return cfg
+    return load_config(T_ADE, {"model.backbone.pretrained": None, **options})
+
+
+def test_missing_config_file_says_where_it_looked_and_where_configs_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"segman_t_ad\.py' does not exist \(relative to .*local_configs"):
+        load_config("local_configs/segman/tiny/segman_t_ad.py")
+    assert load_config(T_ADE, {"model.decode_head.num_classes": 7}).model.decode_head.num_classes == 7
 
 
 def test_unknown_backbone_type_names_the_registry():
