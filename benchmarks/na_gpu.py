@@ -151,6 +151,7 @@ def table(args) -> None:
     header = f"| stage | dtype | pass |{columns} floor ms | triton/floor | flex/triton | triton err vs torch |"
     graph_header = f"| stage | dtype |{columns} flex/triton |"
     graph_rows = []
+    print(f"rows as each shape finishes, eager {header}, then GPU time {graph_header}", flush=True)
     for stage in args.stages:
         for dname in args.dtypes:
             inputs = make_inputs(stage, DTYPES[dname])
@@ -186,6 +187,7 @@ def table(args) -> None:
             cells = "".join(f" {_ms(g.get(p))} |" for p in providers)
             graph_rows.append(f"| {stage} | {dname} |{cells} {flex / tri if (flex and tri) else float('nan'):.1f} |")
             print(graph_rows[-1], flush=True)
+            print(f"  triton picked: {_picked(kernel_size, q.shape[-1], q.dtype)}", flush=True)
     for title, head, lines in (("Eager calls", header, rows),
                                ("forward+backward replayed from a CUDA graph (GPU time)", graph_header, graph_rows)):
         print(f"\n{title}:\n")
@@ -199,6 +201,15 @@ def table(args) -> None:
     print("triton backward (K, head_dim, dtype, key run, rpb gradient) -> path:")
     for key, mode in sorted(tb._MODES.items(), key=str):
         print(f"  K={key[0]:2d} d={key[1]:3d} {str(key[2]):15s} run={key[3]:2d} rpb grad={key[4]} {mode}")
+
+
+def _picked(kernel_size: int, head_dim: int, dtype: torch.dtype) -> str:
+    """The autotuner's tiles and backward path so far for one (K, head_dim, dtype), in one line."""
+    shape = (kernel_size, head_dim, dtype)
+    tiles = ", ".join(f"{key[0]} {tuple(tile)}" for key, tile in sorted(tb._TUNED.items(), key=str)
+                      if key[1:4] == shape)
+    modes = ", ".join(mode for key, mode in sorted(tb._MODES.items(), key=str) if key[:3] == shape)
+    return f"{tiles or 'default tiles'}; backward {modes or 'split (not timed)'}"
 
 
 KINDS = ("fwd", "dq", "dkdv")
