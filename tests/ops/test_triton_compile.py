@@ -45,21 +45,26 @@ def compile_sm90(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_s
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
+def _na_constexprs(tile, kernel_size: int, head_dim: int, dtype: str, align: int) -> dict:
+    """The constants the three NA kernels share, for ``tile`` and inputs of ``dtype``."""
+    geo = na.geometry(kernel_size)
+    return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
+                **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32", ALIGN=align)
+
+
 def _na_cases():
     for dtype, kernel_size, head_dim, tile, width in (("bf16", 11, 32, na.Tile(4, 2, 1, 4), 128),
                                                       ("fp32", 7, 36, na.Tile(4, 2, 2, 8), 64),
                                                       ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8), 64),
                                                       ("bf16", 7, 32, na.Tile(4, 2, 4, 4), 16),  # runs of 16
                                                       ("bf16", 3, 128, na.Tile(2, 4, 1, 4), 64)):
-        geo = na.geometry(kernel_size)
-        common = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                      **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32",
-                      ALIGN=1 if dtype == "fp32" else 4)  # both stride paths
-        run = na.tile_run(tile, kernel_size, width, torch.float32 if dtype == "fp32" else torch.bfloat16)
+        common = _na_constexprs(tile, kernel_size, head_dim, dtype, 1 if dtype == "fp32" else 4)  # both stride paths
+        torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+        run = na.tile_run(tile, kernel_size, width, torch_dtype)
+        band = na.tile_run(tile, kernel_size, width, torch_dtype, True)
         ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
         fused_ptrs = {**ptrs, "DQ": "fp32"}
-        band = na.tile_run(tile, kernel_size, width, torch.float32 if dtype == "fp32" else torch.bfloat16, True)
         vec = {"VEC_BIAS": dtype != "fp32"}
         yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
         yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
@@ -110,11 +115,9 @@ def test_fused_backward_candidates_fit_an_h100s_shared_memory():
     band per key tile): every tile the autotuner may try, or that a forced fused backward may get, must
     fit sm_90's 227 KiB of shared memory (two rows per dot needed 256 and failed to launch)."""
     kernel_size, head_dim, width = 5, 128, 64
-    geo = na.geometry(kernel_size)
     ptrs = {name: "fp32" for name in ("Q", "K", "V", "DO", "DK", "DV", "TABLE", "LSE", "DELTA", "DRPB", "DQ")}
     for tile in na.candidates("bwd", kernel_size, head_dim, torch.float32):
-        constexprs = dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                          **na.head_args(head_dim), PRECISION="tf32x3", ALIGN=4, FUSED=True, RPB_GRAD=True,
+        constexprs = dict(**_na_constexprs(tile, kernel_size, head_dim, "fp32", 4), FUSED=True, RPB_GRAD=True,
                           QWP=na.tile_run(tile, kernel_size, width, torch.float32, True), **na.drpb_widths(kernel_size))
         kernel = compile_sm90(na._na2d_bwd_dkdv_kernel, constexprs, ptrs, tile.num_warps, tile.num_stages)
         assert kernel.metadata.shared <= 227 * 1024, (tile, kernel.metadata.shared)

@@ -644,9 +644,9 @@ def tile_run(tile: Tile, kernel_size: int, width: int, dtype: torch.dtype, whole
     """The key run (``RWP``, the dk/dv kernel's ``QWP``) a launch of ``tile`` uses on maps ``width`` wide:
     ``key_run``, but at least 32 for fp32 on 8 or more warps.  ``whole_band`` (the fused backward): a run
     that holds every query column whose window meets the key tile, ``TW + K - 1 + K//2`` at the borders
-    (where windows shift inwards).  Triton 3.6's tf32x3 dots 16 keys wide
-    on 8 or more warps fault with an illegal address on an H100 (found through the runs capped at a
-    narrow map's width; an 8-pixel tile at K ≤ 9 and head_dim 128 hit it too)."""
+    (where windows shift inwards).  Triton 3.6's tf32x3 dots 16 keys wide on 8 or more warps fault
+    with an illegal address on an H100 (found through the runs capped at a narrow map's width; an
+    8-pixel tile at K ≤ 9 and head_dim 128 hit it too)."""
     run = key_run(tile.tw + (kernel_size // 2 if whole_band else 0), kernel_size, width)
     return max(run, 32) if dtype == torch.float32 and tile.num_warps >= 8 else run
 
