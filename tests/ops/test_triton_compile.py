@@ -52,28 +52,38 @@ def _na_constexprs(tile, kernel_size: int, head_dim: int, dtype: str, align: int
                 **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32", ALIGN=align)
 
 
+def _na_kernel(kind: str, tile, kernel_size: int, head_dim: int, dtype: str, width: int, align: int):
+    """``(kernel, constexprs, pointers)`` of one NA kernel ("fwd", "dq", "dkdv" or the fused backward's
+    "bwd") launched with ``tile`` on ``dtype`` inputs ``width`` wide."""
+    common = _na_constexprs(tile, kernel_size, head_dim, dtype, align)
+    torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+    run = na.tile_run(tile, kernel_size, width, torch_dtype)
+    ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
+    vec = {"VEC_BIAS": dtype != "fp32"}
+    if kind == "fwd":
+        return na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs
+    if kind == "dq":
+        return (na._na2d_bwd_dq_kernel, {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True},
+                ptrs)
+    if kind == "dkdv":
+        return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16},
+                ptrs)
+    band = na.tile_run(tile, kernel_size, width, torch_dtype, True)
+    return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": band, "FUSED": True, "RPB_GRAD": True,
+                                       **na.drpb_widths(kernel_size)}, {**ptrs, "DQ": "fp32"})
+
+
 def _na_cases():
     for dtype, kernel_size, head_dim, tile, width in (("bf16", 11, 32, na.Tile(4, 2, 1, 4), 128),
                                                       ("fp32", 7, 36, na.Tile(4, 2, 2, 8), 64),
                                                       ("bf16", 9, 36, na.Tile(8, 1, 1, 4, tw=8), 64),
                                                       ("bf16", 7, 32, na.Tile(4, 2, 4, 4), 16),  # runs of 16
                                                       ("bf16", 3, 128, na.Tile(2, 4, 1, 4), 64)):
-        common = _na_constexprs(tile, kernel_size, head_dim, dtype, 1 if dtype == "fp32" else 4)  # both stride paths
-        torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-        run = na.tile_run(tile, kernel_size, width, torch_dtype)
-        band = na.tile_run(tile, kernel_size, width, torch_dtype, True)
-        ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
-        ptrs.update({name: "fp32" for name in ("TABLE", "LSE", "DELTA", "DRPB")})
-        fused_ptrs = {**ptrs, "DQ": "fp32"}
-        vec = {"VEC_BIAS": dtype != "fp32"}
-        yield f"na-fwd-{dtype}-k{kernel_size}", na._na2d_fwd_kernel, {**common, **vec, "RWP": run}, ptrs, tile
-        yield (f"na-dq-{dtype}-k{kernel_size}", na._na2d_bwd_dq_kernel,
-               {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True}, ptrs, tile)
-        yield (f"na-dkdv-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
-               {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16}, ptrs, tile)
-        yield (f"na-bwd-fused-{dtype}-k{kernel_size}", na._na2d_bwd_dkdv_kernel,
-               {**common, "QWP": band, "FUSED": True, "RPB_GRAD": True, **na.drpb_widths(kernel_size)}, fused_ptrs,
-               tile)
+        align = 1 if dtype == "fp32" else 4  # both stride paths
+        for kind, name in (("fwd", "fwd"), ("dq", "dq"), ("dkdv", "dkdv"), ("bwd", "bwd-fused")):
+            yield (f"na-{name}-{dtype}-k{kernel_size}", *_na_kernel(kind, tile, kernel_size, head_dim, dtype, width,
+                                                                     align), tile)
     geo = na.geometry(7)
     yield ("na-bias-table-bf16", na._bias_table_kernel, dict(KS=7, CO=geo.co, CW=geo.cw, BLOCK=1024),
            {"RPB": "bf16", "TABLE": "fp32"}, None)
@@ -110,14 +120,16 @@ def test_kernel_compiles_for_sm90(name, fn, constexprs, pointers, tile):
     assert "cubin" in kernel.asm and len(kernel.asm["cubin"]) > 0, name
 
 
-def test_fused_backward_candidates_fit_an_h100s_shared_memory():
-    """fp32 at head_dim 128 is the fused backward's largest footprint (tf32x3 operands, a whole query
-    band per key tile): every tile the autotuner may try, or that a forced fused backward may get, must
-    fit sm_90's 227 KiB of shared memory (two rows per dot needed 256 and failed to launch)."""
-    kernel_size, head_dim, width = 5, 128, 64
-    ptrs = {name: "fp32" for name in ("Q", "K", "V", "DO", "DK", "DV", "TABLE", "LSE", "DELTA", "DRPB", "DQ")}
-    for tile in na.candidates("bwd", kernel_size, head_dim, torch.float32):
-        constexprs = dict(**_na_constexprs(tile, kernel_size, head_dim, "fp32", 4), FUSED=True, RPB_GRAD=True,
-                          QWP=na.tile_run(tile, kernel_size, width, torch.float32, True), **na.drpb_widths(kernel_size))
-        kernel = compile_sm90(na._na2d_bwd_dkdv_kernel, constexprs, ptrs, tile.num_warps, tile.num_stages)
+@pytest.mark.parametrize("kind,kernel_size,head_dim", [("bwd", 5, 128), ("fwd", 13, 64), ("dq", 13, 64)])
+def test_candidates_fit_an_h100s_shared_memory(kind, kernel_size, head_dim):
+    """Every tile the autotuner may try, or that a forced launch may get, fits sm_90's 227 KiB of shared
+    memory where its kernel's footprint is largest, in fp32 (tf32x3 operands): the fused backward at
+    head_dim 128 (a whole query band per key tile; two rows per dot needed 256 KiB and failed to launch),
+    and the pipelined forward and dq candidates (several stages of key rows) at the largest head_dim they
+    are tried at.  One-stage forward and dq tiles hold a few key rows only and are left out."""
+    for tile in na.candidates(kind, kernel_size, head_dim, torch.float32):
+        if kind != "bwd" and tile.num_stages == 1:
+            continue
+        fn, constexprs, ptrs = _na_kernel(kind, tile, kernel_size, head_dim, "fp32", 64, 4)
+        kernel = compile_sm90(fn, constexprs, ptrs, tile.num_warps, tile.num_stages)
         assert kernel.metadata.shared <= 227 * 1024, (tile, kernel.metadata.shared)

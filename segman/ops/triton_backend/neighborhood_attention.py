@@ -699,7 +699,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
     share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
-    pipeline stage wins everywhere; fp32 with a (padded) head_dim of 64 or more (tf32x3 triples the
+    pipeline stage wins on large maps and in the dk/dv kernels, but on small maps (SegMAN stages 3-4)
+    the forward and dq kernels gain up to 17 % from loads pipelined 2 (fp32) or 3 steps ahead; fp32 with a (padded) head_dim of 64 or more (tf32x3 triples the
     operands) spills on 4 warps, so it also tries 8 (at 128 it uses 8 only: 16 warps faulted on an
     H100).  Where a tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32),
     8 × 8 tiles score (K + 7)·16 keys per query instead of (K + 3)·32.  On small maps (SegMAN stages
@@ -718,6 +719,11 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(8, 1, 2, warps, tw=8), Tile(4, 2, 2, warps // 2, tw=8)]
         if kind == "fwd":
             tiles += [Tile(4, 2, 4, warps)] + ([Tile(8, 1, 4, warps, tw=8)] if narrow else [])
+    if dp < 128 and kind in ("fwd", "dq"):
+        depth = 2 if dtype == torch.float32 else 3
+        tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
+        if narrow:
+            tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
     if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     if kind == "bwd" and dtype == torch.float32 and dp >= 128:
