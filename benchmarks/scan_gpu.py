@@ -10,7 +10,9 @@ available, fused (``segman.ops.ss2d_scan``).
 Floor = bytes that must move / copy bandwidth, both measured in this run.  Bytes: every input read
 once and every output written once (forward: u, delta, B, C in, y fp32 out; backward: u, delta,
 B, C, dy fp32 in, du, ddelta, dB, dC out; per-channel parameters are negligible).  Copy bandwidth:
-a 1 GiB device-to-device copy, counting bytes read plus written.  Times are medians of
+a 1 GiB device-to-device copy, counting bytes read plus written.  Under each scan floor, a row
+times a copy of the floor's bytes (a few hundred MB at most): the same copy at the kernels' size,
+launch and tail included, for reference; the ratios stay against the floor.  Times are medians of
 ``triton.testing.do_bench`` (which flushes L2 before every call), through the public functions
 (backward: ``torch.autograd.grad`` of the output), in two ways: replayed from a CUDA graph (the
 GPU time of the call, compared with the floor) and called eagerly (``eager`` columns: what a
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
 
 import torch
@@ -94,6 +97,19 @@ def floor_row(shape, dname, floors, name="floor"):
     return row(shape, dname, name, (*floors, *floors), floors)
 
 
+def same_size_copy_row(shape, dname, byte_counts, floors):
+    """A plain device-to-device copy that moves each pass's floor bytes (half read, half written),
+    timed like the kernels: what the floor's own copy reaches at this size, where its launch, ramp-up
+    and tail are not spread over 1 GiB.  (Its eager columns repeat the GPU times, as the floor's do.)"""
+    times = []
+    for nbytes in byte_counts:
+        src = torch.empty(nbytes // 8, dtype=torch.float32, device="cuda").uniform_()
+        dst = torch.empty_like(src)
+        times.append(graph_bench(functools.partial(dst.copy_, src)))
+        del src, dst
+    return row(shape, dname, "copy of the same bytes", (*times, *times), floors)
+
+
 def cuda_ext():
     import segman_selective_scan
 
@@ -108,6 +124,7 @@ def scan_rows(bw, only=None, kernel_modes=False):
             fwd_bytes, bwd_bytes = scan_bytes(channels, side, dtype)
             shape, floors = f"C={channels} L={side}²", (fwd_bytes / bw, bwd_bytes / bw)
             rows.append(floor_row(shape, dname, floors))
+            rows.append(same_size_copy_row(shape, dname, (fwd_bytes, bwd_bytes), floors))
             for backend in SCAN.BACKENDS:
                 if only is not None and backend.name not in only:
                     continue
