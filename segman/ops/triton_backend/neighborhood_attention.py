@@ -698,15 +698,15 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     default first.
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
-    share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): one
-    pipeline stage wins on large maps and in the dk/dv kernels, but on small maps (SegMAN stages 3-4)
-    the forward and dq kernels gain up to 17 % from loads pipelined 2 (fp32) or 3 steps ahead; fp32 with a (padded) head_dim of 64 or more (tf32x3 triples the
-    operands) spills on 4 warps, so it also tries 8 (at 128 it uses 8 only: 16 warps faulted on an
-    H100).  Where a tile 8 pixels wide halves the key run (K ≤ 9: 16 keys per row instead of 32),
-    8 × 8 tiles score (K + 7)·16 keys per query instead of (K + 3)·32.  On small maps (SegMAN stages
-    3-4) the kernels gain 10-30 % from 2-4 rows per dot; with a head_dim of 128 those dots would
-    spill.  The fused backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB of
-    shared memory (an H100 has 227)."""
+    share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): fp32 with a
+    (padded) head_dim of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8
+    (at 128 it uses 8 only: 16 warps faulted on an H100).  Where a tile 8 pixels wide halves the key
+    run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score (K + 7)·16 keys per query instead of
+    (K + 3)·32.  On small maps (SegMAN stages 3-4) the kernels gain 10-30 % from 2-4 rows per dot, and
+    the forward and dq kernels another 15-20 % from loads pipelined 2 (fp32) or 3 steps ahead; with a
+    head_dim of 128 those dots would spill.  One pipeline stage wins on large maps and in the dk/dv
+    kernels.  The fused backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB
+    of shared memory (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
