@@ -719,11 +719,11 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(8, 1, 2, warps, tw=8), Tile(4, 2, 2, warps // 2, tw=8)]
         if kind == "fwd":
             tiles += [Tile(4, 2, 4, warps)] + ([Tile(8, 1, 4, warps, tw=8)] if narrow else [])
-    if dp < 128 and kind in ("fwd", "dq"):
-        depth = 2 if dtype == torch.float32 else 3
-        tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
-        if narrow:
-            tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
+        if kind in ("fwd", "dq"):  # pipelined loads
+            depth = 2 if dtype == torch.float32 else 3
+            tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
+            if narrow:
+                tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
     if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     if kind == "bwd" and dtype == torch.float32 and dp >= 128:
