@@ -815,11 +815,16 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 _COMPILED: dict = {}  # kind -> the last compiled kernel launched (registers, spills: benchmarks/na_gpu.py)
 
 
+def _table_floats(kernel_size: int) -> int:
+    """Floats of one head's unshifted bias table, ``K + 1`` slabs of ``2K × CW`` (``_table_copy`` adds the
+    4 of shift room inside the kernels)."""
+    return (kernel_size + 1) * 2 * kernel_size * geometry(kernel_size).cw
+
+
 def table_slabs(table: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The ``(heads, K + 1, 2K, CW)`` view of a ``bias_table`` (its unshifted copy)."""
     geo = geometry(kernel_size)
-    size = (kernel_size + 1) * 2 * kernel_size * geo.cw
-    return table[:, 0, :size].view(table.shape[0], kernel_size + 1, 2 * kernel_size, geo.cw)
+    return table[:, 0, :_table_floats(kernel_size)].view(table.shape[0], kernel_size + 1, 2 * kernel_size, geo.cw)
 
 
 def bias_table(rpb: Optional[torch.Tensor], kernel_size: int, device: torch.device) -> torch.Tensor:
@@ -829,7 +834,7 @@ def bias_table(rpb: Optional[torch.Tensor], kernel_size: int, device: torch.devi
     if rpb is None:
         return _mask_table(kernel_size, device)
     geo = geometry(kernel_size)
-    copy = (kernel_size + 1) * 2 * kernel_size * geo.cw + 4
+    copy = _table_floats(kernel_size) + 4
     table = torch.empty((rpb.shape[0], 4, copy), dtype=torch.float32, device=device)
     block = 1024
     _bias_table_kernel[(triton.cdiv(4 * copy, block), rpb.shape[0])](rpb.detach().contiguous(), table, KS=kernel_size,
