@@ -112,19 +112,16 @@ def _skip_if_declined(backend, *args):
     pytest.skip(f"{backend} is not registered")
 
 
-def run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, *, with_rpb=True,
-             scale=None, seed=0, layout="contiguous", rpb_grad=True):
-    """``backend`` "triton" runs the triton backend with its split backward, "triton-fused" with the fused one."""
-    if backend.startswith("triton"):
-        with mock.patch.dict(os.environ, {"SEGMAN_NA_BACKWARD": "fused" if backend == "triton-fused" else "split"}):
-            return _run_case("triton", batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
-                             scale=scale, seed=seed, layout=layout, rpb_grad=rpb_grad)
-    return _run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
-                     scale=scale, seed=seed, layout=layout, rpb_grad=rpb_grad)
+def run_case(backend, *case, **options):
+    """``_run_case`` with ``backend`` "triton" on its split backward, "triton-fused" on its fused one."""
+    if not backend.startswith("triton"):
+        return _run_case(backend, *case, **options)
+    with mock.patch.dict(os.environ, {"SEGMAN_NA_BACKWARD": "fused" if backend == "triton-fused" else "split"}):
+        return _run_case("triton", *case, **options)
 
 
-def _run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, *, with_rpb, scale, seed, layout,
-              rpb_grad):
+def _run_case(backend, batch, heads, height, width, head_dim, kernel_size, dtype, *, with_rpb=True,
+              scale=None, seed=0, layout="contiguous", rpb_grad=True):
     from segman.ops import neighborhood_attention_2d
 
     q, k, v, rpb = make_inputs(batch, heads, height, width, head_dim, kernel_size, dtype, with_rpb=with_rpb,
@@ -242,8 +239,7 @@ def test_autotuner_times_candidates_on_the_gpu(monkeypatch):
     monkeypatch.delenv("SEGMAN_NA_BACKWARD", raising=False)
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        _run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, with_rpb=True, scale=None, seed=3,
-                  layout="contiguous", rpb_grad=True)
+        _run_case("triton", 2, 2, 13, 17, head_dim, kernel_size, dtype, seed=3)  # the backward path autotuned
     torch.cuda.synchronize()
     run = tb.key_run(tb.MAX_TW, kernel_size, 17)
     for kind in ("fwd", "dq", "dkdv", "bwd"):  # both backward paths were timed

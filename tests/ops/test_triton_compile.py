@@ -67,8 +67,8 @@ def _na_kernel(kind: str, tile, kernel_size: int, head_dim: int, dtype: str, wid
         return (na._na2d_bwd_dq_kernel, {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True},
                 ptrs)
     if kind == "dkdv":
-        return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16},
-                ptrs)
+        return (na._na2d_bwd_dkdv_kernel,
+                {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16}, ptrs)
     band = na.tile_run(tile, kernel_size, width, torch_dtype, True)
     return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": band, "FUSED": True, "RPB_GRAD": True,
                                        **na.drpb_widths(kernel_size)}, {**ptrs, "DQ": "fp32"})

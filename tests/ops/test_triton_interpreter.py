@@ -313,8 +313,8 @@ print("ok", 3)
 
 
 @pytest.mark.parametrize("script,cases,autotune", [(TABLE_SCRIPT, 4, "0"), (NA_SCRIPT, 20, "0"),
-                                                   (DRPB_SUM_SCRIPT, 2, "0"), (AUTOTUNE_SCRIPT, 1, "1"), (SCAN_SCRIPT, 3, "0"),
-                                                   (SS2D_SCRIPT, 3, "0")],
+                                                   (DRPB_SUM_SCRIPT, 2, "0"), (AUTOTUNE_SCRIPT, 1, "1"),
+                                                   (SCAN_SCRIPT, 3, "0"), (SS2D_SCRIPT, 3, "0")],
                          ids=["na_bias_table", "neighborhood_attention", "na_drpb_sum", "na_autotuning",
                               "selective_scan", "cross_scan_merge_ss2d"])
 def test_triton_kernels_in_the_interpreter_match_the_reference(script, cases, autotune):
