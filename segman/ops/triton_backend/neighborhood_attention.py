@@ -703,7 +703,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     (at 128 it uses 8 only: 16 warps faulted on an H100).  Where a tile 8 pixels wide halves the key
     run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score (K + 7)·16 keys per query instead of
     (K + 3)·32.  On small maps (SegMAN stages 3-4) the kernels gain 10-30 % from 2-4 rows per dot, and
-    the forward and dq kernels another 15-20 % from loads pipelined 2 (fp32) or 3 steps ahead; with a
+    the forward and dq kernels another 15-20 % from loads pipelined 2 (fp32) or 3 steps ahead, and the
+    forward 5-10 % more from one tile per program (twice the programs, half the steps each); with a
     head_dim of 128 those dots would spill.  One pipeline stage wins on large maps and in the dk/dv
     kernels.  The fused backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB
     of shared memory (an H100 has 227)."""
@@ -717,10 +718,13 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
         tiles += [Tile(2, 4, 2, warps // 2)]
         if narrow:
             tiles += [Tile(8, 1, 2, warps, tw=8), Tile(4, 2, 2, warps // 2, tw=8)]
+        depth = 2 if dtype == torch.float32 else 3
         if kind == "fwd":
-            tiles += [Tile(4, 2, 4, warps)] + ([Tile(8, 1, 4, warps, tw=8)] if narrow else [])
+            tiles += [Tile(4, 2, 4, warps), Tile(4, 1, 2, warps)]
+            if narrow:
+                tiles += [Tile(8, 1, 4, warps, tw=8), Tile(4, 1, 1, warps // 2, depth, tw=8),
+                          Tile(4, 1, 2, warps // 2, depth, tw=8)]
         if kind in ("fwd", "dq"):  # pipelined loads
-            depth = 2 if dtype == torch.float32 else 3
             tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
             if narrow:
                 tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
