@@ -372,7 +372,6 @@ def _na2d_bwd_dq_kernel(
     if ROWS > 1:
         g_idx += g_row[None, :] * RWP
     tiles_w = tl.cdiv(W, TW)
-    tile_col = tl.program_id(0) % tiles_w
 
     for i0 in range(i_first, tl.minimum(i_first + TR * TH, H), TH):
         qi, qj, q_ok, si, col_base, r_lo, r_hi = _query_tile(i0, j0, H, W, table_head, col0, KS, TH, TW, CO, CW,
@@ -391,7 +390,7 @@ def _na2d_bwd_dq_kernel(
         row_t = i0 + tl.arange(0, TH)
         row_ok = row_t < H
         row_si = _window_start(tl.minimum(row_t, H - 1), H, KS)
-        part = (((b * H + row_t) * tiles_w + tile_col) * heads + n) * KS
+        part = (((b * H + row_t) * tiles_w + j0 // TW) * heads + n) * KS
         dq_a = tl.zeros([TH * TW, DA], tl.float32)
         dq_b = tl.zeros([TH * TW, DB], tl.float32)
         for kr in range(r_lo, r_hi, ROWS):  # rows past r_hi are outside every window: ds = 0, nothing stored
