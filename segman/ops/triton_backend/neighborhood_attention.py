@@ -935,19 +935,21 @@ def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_
     """d_rpb ``(heads, 2K - 1, 2K - 1)`` in ``dtype`` from the partials ``(B, H, W / TW, heads, R, NBC)`` of
     the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``). A map with few
     heads × d_rpb rows (SegMAN-S stage 1: 2·21) splits the partials so that every SM streams some; the
-    splits' sums are added by a second small kernel (a fixed order: deterministic)."""
+    splits' sums are added by a second small kernel (a fixed order: deterministic).  128 partials per
+    step on 4 warps, at least 2 steps per split: 0.3-2.8 µs faster than 256 on 8 warps at every
+    SegMAN-S stage on an H100 (benchmarks/RESULTS.md, fourteenth session)."""
     batch, height, tiles_w, heads, _, nbc = parts.shape
     nb = 2 * kernel_size - 1
     n_parts = batch * height * tiles_w
-    block = 256                                   # partials per step; a split streams at least 4 steps
-    splits = max(1, min(triton.cdiv(n_parts, 4 * block), triton.cdiv(4 * _sm_count(parts.device), heads * nb)))
+    block = 128                                   # partials per step; a split streams at least 2 steps
+    splits = max(1, min(triton.cdiv(n_parts, 2 * block), triton.cdiv(4 * _sm_count(parts.device), heads * nb)))
     per_split = triton.cdiv(triton.cdiv(n_parts, splits), block) * block
     splits = triton.cdiv(n_parts, per_split)
     out = torch.empty((heads, nb, nb), dtype=dtype, device=parts.device)
     sums = out if splits == 1 else torch.empty((splits, heads, nb, nb), dtype=torch.float32, device=parts.device)
     _drpb_sum_kernel[(heads * nb, splits)](parts, sums, n_parts, per_split, height, tiles_w, KS=kernel_size,
                                            NBC=nbc, BP=_pow2(nb, 1), BY_KEY_ROW=by_key_row, BLOCK=block,
-                                           num_warps=8)
+                                           num_warps=4)
     if splits > 1:
         _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](sums, out, out.numel(), splits, BLOCK=1024)
     return out
