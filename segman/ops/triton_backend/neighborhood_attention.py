@@ -936,7 +936,7 @@ def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_
     the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``). A map with few
     heads × d_rpb rows (SegMAN-S stage 1: 2·21) splits the partials so that every SM streams some; the
     splits' sums are added by a second small kernel (a fixed order: deterministic).  128 partials per
-    step on 4 warps, at least 2 steps per split: 0.3-2.8 µs faster than 256 on 8 warps at every
+    step on 4 warps, at least 2 steps per split: 0.1-2.4 µs faster than 256 on 8 warps at every
     SegMAN-S stage on an H100 (benchmarks/RESULTS.md, fourteenth session)."""
     batch, height, tiles_w, heads, _, nbc = parts.shape
     nb = 2 * kernel_size - 1
