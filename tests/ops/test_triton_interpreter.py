@@ -194,7 +194,7 @@ torch.manual_seed(0)
 kernel_size, nb = 3, 5
 for by_key_row in (False, True):
     rows = nb if by_key_row else kernel_size
-    parts = torch.randn(1, 31, 100, 2, rows, 16)                  # 3100 partials: 4 splits, the last short
+    parts = torch.randn(1, 31, 100, 2, rows, 16)                  # 3100 partials: 13 splits, the last short
     one = tb._sum_partials(parts, torch.float32, kernel_size, by_key_row)
     tb._sm_count = lambda device: 64
     split = tb._sum_partials(parts, torch.float32, kernel_size, by_key_row)
