@@ -909,7 +909,7 @@ def _forward(q, k, v, table, kernel_size: int, scale: float):
 def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
     """dq, Δ = rowsum(dO ∘ O) and d_rpb in ``rpb_dtype`` (None without it: no rpb gradient)."""
     rpb_grad = rpb_dtype is not None
-    batch, heads, height, width, head_dim = q.shape
+    _, heads, height, width, head_dim = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     delta = torch.empty_like(lse)
     widths = drpb_widths(kernel_size)
@@ -917,8 +917,7 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
     def launch(tile: Tile) -> torch.Tensor:
         """Runs the kernel; returns the d_rpb partials, ``(B, H, W / TW, heads, K, NBC)``: every element
         written by the kernel."""
-        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, kernel_size, widths["NBC"]),
-                           dtype=torch.float32, device=q.device) if rpb_grad else lse)
+        buf = _drpb_partials(q, tile, kernel_size, kernel_size) if rpb_grad else lse
         _COMPILED["dq"] = _na2d_bwd_dq_kernel[_grid(tile, q)](
             q, k, v, table, o, do, lse, delta, dq, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
@@ -929,6 +928,14 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
 
     buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, width, launch))
     return dq, delta, _sum_partials(buf, rpb_dtype, kernel_size, False) if rpb_grad else None
+
+
+def _drpb_partials(q: torch.Tensor, tile: Tile, kernel_size: int, rows: int) -> torch.Tensor:
+    """An fp32 buffer for the d_rpb partials ``(B, H, W / TW, heads, rows, NBC)`` of a launch of ``tile``
+    on ``q``; the kernels write every element the sum reads."""
+    batch, heads, height, width, _ = q.shape
+    return torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, rows, drpb_widths(kernel_size)["NBC"]),
+                       dtype=torch.float32, device=q.device)
 
 
 def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_key_row: bool) -> torch.Tensor:
@@ -981,7 +988,7 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
 def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
     """dq, dk, dv and d_rpb (in ``rpb_dtype``; None without it) from one pass per key tile: the dk/dv
     kernel in its ``FUSED`` mode, after a small kernel that computes Δ and zeroes the fp32 dq."""
-    batch, heads, height, width, head_dim = q.shape
+    _, heads, height, width, head_dim = q.shape
     rpb_grad = rpb_dtype is not None
     delta = torch.empty_like(lse)
     dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
@@ -999,8 +1006,7 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
     def launch(tile: Tile, dq_out: torch.Tensor) -> torch.Tensor:
         """Runs the kernel, adding to ``dq_out``; returns the d_rpb partials ``(B, H, W / TW, heads, 2K - 1,
         NBC)`` (the elements the sum reads are written)."""
-        buf = (torch.empty((batch, height, triton.cdiv(width, tile.tw), heads, 2 * kernel_size - 1, widths["NBC"]),
-                           dtype=torch.float32, device=q.device) if rpb_grad else lse)
+        buf = _drpb_partials(q, tile, kernel_size, 2 * kernel_size - 1) if rpb_grad else lse
         _COMPILED["bwd"] = _na2d_bwd_dkdv_kernel[_grid(tile, q)](
             q, k, v, table, do, lse, delta, dk, dv, dq_out, buf,
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
