@@ -45,17 +45,10 @@ def compile_sm90(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_s
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
-def _na_constexprs(tile, kernel_size: int, head_dim: int, dtype: str, align: int) -> dict:
-    """The constants the three NA kernels share, for ``tile`` and inputs of ``dtype``."""
-    geo = na.geometry(kernel_size)
-    return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                **na.head_args(head_dim), PRECISION="tf32x3" if dtype == "fp32" else "tf32", ALIGN=align)
-
-
 def _na_kernel(kind: str, tile, kernel_size: int, head_dim: int, dtype: str, width: int, align: int):
     """``(kernel, constexprs, pointers)`` of one NA kernel ("fwd", "dq", "dkdv" or the fused backward's
     "bwd") launched with ``tile`` on ``dtype`` inputs ``width`` wide."""
-    common = _na_constexprs(tile, kernel_size, head_dim, dtype, align)
+    common = na.tile_constants(tile, kernel_size, head_dim, "tf32x3" if dtype == "fp32" else "tf32", align)
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     run = na.tile_run(tile, kernel_size, width, torch_dtype)
     ptrs = {name: dtype for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}

@@ -875,11 +875,18 @@ def _vector_bias(dtype: torch.dtype) -> bool:
     return dtype != torch.float32
 
 
-def _launch_args(tile: Tile, kernel_size: int, q: torch.Tensor, *others: torch.Tensor) -> dict:
-    """Compile-time arguments shared by the three kernels; ``others``: the other strided inputs."""
+def tile_constants(tile: Tile, kernel_size: int, head_dim: int, precision: str, align: int) -> dict:
+    """The compile-time constants the three kernels share, for ``tile``, a dot ``precision`` and a
+    stride alignment ``align`` (``_stride_align``)."""
     geo = geometry(kernel_size)
     return dict(KS=kernel_size, TR=tile.tr, TH=tile.th, TW=tile.tw, ROWS=tile.rows, CO=geo.co, CW=geo.cw,
-                **head_args(q.shape[-1]), PRECISION=_precision(q.dtype), ALIGN=_stride_align(q, *others),
+                **head_args(head_dim), PRECISION=precision, ALIGN=align)
+
+
+def _launch_args(tile: Tile, kernel_size: int, q: torch.Tensor, *others: torch.Tensor) -> dict:
+    """``tile_constants`` for ``q`` and ``others`` (the other strided inputs), with the launch's warps and
+    pipeline stages."""
+    return dict(**tile_constants(tile, kernel_size, q.shape[-1], _precision(q.dtype), _stride_align(q, *others)),
                 num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
