@@ -60,11 +60,12 @@ def _na_kernel(kind: str, tile, kernel_size: int, head_dim: int, dtype: str, wid
         return (na._na2d_bwd_dq_kernel, {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True},
                 ptrs)
     if kind == "dkdv":
-        return (na._na2d_bwd_dkdv_kernel,
-                {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16}, ptrs)
+        return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16,
+                                           "PREFETCH": tile.prefetch}, ptrs)
     band = na.tile_run(tile, kernel_size, width, torch_dtype, True)
     return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": band, "FUSED": True, "RPB_GRAD": True,
-                                       **na.drpb_widths(kernel_size)}, {**ptrs, "DQ": "fp32"})
+                                       "PREFETCH": tile.prefetch, **na.drpb_widths(kernel_size)},
+            {**ptrs, "DQ": "fp32"})
 
 
 def _na_cases():
@@ -77,6 +78,8 @@ def _na_cases():
         for kind, name in (("fwd", "fwd"), ("dq", "dq"), ("dkdv", "dkdv"), ("bwd", "bwd-fused")):
             yield (f"na-{name}-{dtype}-k{kernel_size}", *_na_kernel(kind, tile, kernel_size, head_dim, dtype, width,
                                                                      align), tile)
+    prefetch = na.Tile(4, 2, 2, 2, tw=8, prefetch=True)  # the dk/dv kernel's loads a step ahead
+    yield ("na-dkdv-prefetch-bf16-k7", *_na_kernel("dkdv", prefetch, 7, 36, "bf16", 32, 4), prefetch)
     geo = na.geometry(7)
     yield ("na-bias-table-bf16", na._bias_table_kernel, dict(KS=7, CO=geo.co, CW=geo.cw, BLOCK=1024),
            {"RPB": "bf16", "TABLE": "fp32"}, None)

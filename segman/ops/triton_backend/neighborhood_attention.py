@@ -41,7 +41,8 @@ deterministic:
   ``d_rpb``.  No atomics.
 * ``dk/dv`` kernel (per key tile): walks the rows of queries whose windows hold a key row of the
   tile (``K + TH - 1`` inside the map, more at the borders where windows are shifted inwards),
-  recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers.
+  recomputes ``p`` and ``ds`` transposed, and accumulates ``dk`` and ``dv`` in registers (with the
+  tile's ``prefetch``, each step's query rows are loaded one step ahead, into registers).
 
 *Fused*: the dk/dv kernel's walk alone computes ``p`` and ``ds`` once instead of twice.  A small kernel
 first computes Δ and zeroes an fp32 ``dq``; each step then adds ``scale · dsᵀ @ k`` to ``dq`` with
@@ -405,18 +406,29 @@ def _na2d_bwd_dq_kernel(
 # Backward, kernel 2: dk and dv (per key tile)
 # --------------------------------------------------------------------------------------------------
 
+class _QueryChunks(NamedTuple):
+    """What a step of the dk/dv walk loads (``_query_chunks``); ``S = ROWS·QWP`` queries."""
+
+    qi: tl.tensor      # query rows [S] (clamped to the last step)
+    qc_in: tl.tensor   # query columns [S] (clamped into the band)
+    qc_ok: tl.tensor   # [S]: a query of this step and of the band
+    qa: tl.tensor      # q [S, DA], [S, DB]
+    qb: tl.tensor
+    do_a: tl.tensor    # dO, likewise
+    do_b: tl.tensor
+    lse: tl.tensor     # [S]
+    delta: tl.tensor   # [S]
+    bias: tl.tensor    # [keys, S]: log2-scaled bias, -inf outside the windows
+
+
 @triton.jit
-def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQ, DRPB, it, n_it, n_cc, lo_r, lo_c,
-                       hi_c, H, W, sqh, sqw, sdh, sdw, r0, kr, kc, k_ok, table_head, TABLE, qk_scale, scale, D, g_idx,
-                       g_ok, drpb_rows, KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr,
-                       ROWS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-                       SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, FUSED: tl.constexpr,
-                       RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr):
-    """Steps ``it ..< it + ROWS`` of the dk/dv walk, scored by one dot (step ``t``: query row
-    ``lo_r + t // n_cc``, chunk ``t % n_cc`` of the query columns; steps past ``n_it`` are all ``-inf``):
-    returns ``dk + ds @ q`` and ``dv + p @ dO``, each in its two parts.  ``FUSED`` (one chunk per row):
-    also adds ``scale · dsᵀ @ k`` to the fp32 ``dq`` (atomics) and stores the d_rpb partials of the
-    tile's key rows against these query rows."""
+def _query_chunks(Q, DO, LSE, DELTA, it, n_it, n_cc, lo_r, lo_c, hi_c, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok,
+                  table_head, TABLE, D, KS: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, QWP: tl.constexpr,
+                  ROWS: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
+                  EVEN_D: tl.constexpr):
+    """The loads of steps ``it ..< it + ROWS`` of the dk/dv walk (step ``t``: query row
+    ``lo_r + t // n_cc``, chunk ``t % n_cc`` of the query columns; steps past ``n_it`` get the last
+    step's rows, masked to ``-inf``), as a ``_QueryChunks``."""
     n = tl.arange(0, ROWS * QWP)
     step = it
     if ROWS > 1:  # else a scalar step: fewer registers
@@ -442,29 +454,42 @@ def _dkdv_query_chunks(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA
     slab = tl.where(qc_ok, _window_start(qc, W, KS) - qc + (KS - 1), KS)
     col = tl.where(qc_ok, CO + (KS - 1) - qc, CO - lo_c)             # the -inf slab: kc - lo_c < CW - CO
     bias = tl.load(TABLE + (table_head + row * CW + kc[:, None]) + (slab * (2 * KS * CW) + col)[None, :])
-    s = _dot_rows(ka, kb, qa, qb, SPLIT, PRECISION) * qk_scale + bias                      # [keys, queries]
-    p = tl.exp2(s - lse[None, :])
-    ds = p * (_dot_rows(va, vb, do_a, do_b, SPLIT, PRECISION) - delta[None, :])
-    dk_a, dk_b = _dot_acc(ds, qa, qb, dk_a, dk_b, SPLIT, PRECISION)
-    dv_a, dv_b = _dot_acc(p, do_a, do_b, dv_a, dv_b, SPLIT, PRECISION)
+    return _QueryChunks(qi, qc_in, qc_ok, qa, qb, do_a, do_b, lse, delta, bias)
+
+
+@triton.jit
+def _dkdv_step(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, c, DQ, DRPB, it, n_it, lo_r, W, r0, H, qk_scale, scale, D,
+               g_idx, g_ok, drpb_rows, KS: tl.constexpr, ROWS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+               DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+               FUSED: tl.constexpr, RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr):
+    """Steps ``it ..< it + ROWS`` of the dk/dv walk from their loads ``c`` (``_QueryChunks``), scored by
+    one dot: returns ``dk + ds @ q`` and ``dv + p @ dO``, each in its two parts.  ``FUSED`` (one chunk
+    per row): also adds ``scale · dsᵀ @ k`` to the fp32 ``dq`` (atomics) and stores the d_rpb partials
+    of the tile's key rows against these query rows."""
+    s = _dot_rows(ka, kb, c.qa, c.qb, SPLIT, PRECISION) * qk_scale + c.bias                  # [keys, queries]
+    p = tl.exp2(s - c.lse[None, :])
+    ds = p * (_dot_rows(va, vb, c.do_a, c.do_b, SPLIT, PRECISION) - c.delta[None, :])
+    dk_a, dk_b = _dot_acc(ds, c.qa, c.qb, dk_a, dk_b, SPLIT, PRECISION)
+    dv_a, dv_b = _dot_acc(p, c.do_a, c.do_b, dv_a, dv_b, SPLIT, PRECISION)
     if FUSED:
-        dst = DQ + (qi * W + qc_in) * D                                                    # dq: contiguous fp32
+        dst = DQ + (c.qi * W + c.qc_in) * D                                                # dq: contiguous fp32
         dq_a = tl.dot(tl.trans(ds).to(ka.dtype), ka, input_precision=PRECISION) * scale
         da = tl.arange(0, DA)
-        tl.atomic_add(dst[:, None] + da[None, :], dq_a, mask=qc_ok[:, None] & (da < D)[None, :], sem="relaxed")
+        tl.atomic_add(dst[:, None] + da[None, :], dq_a, mask=c.qc_ok[:, None] & (da < D)[None, :], sem="relaxed")
         if SPLIT:
             dq_b = tl.dot(tl.trans(ds).to(kb.dtype), kb, input_precision=PRECISION) * scale
             db = DA + tl.arange(0, DB)
-            tl.atomic_add(dst[:, None] + db[None, :], dq_b, mask=qc_ok[:, None] & (db < D)[None, :], sem="relaxed")
+            tl.atomic_add(dst[:, None] + db[None, :], dq_b, mask=c.qc_ok[:, None] & (db < D)[None, :],
+                          sem="relaxed")
         if RPB_GRAD:  # per key row of the tile: sum ds along each key-minus-query diagonal, per query row
             y = tl.where(g_ok, tl.gather(ds, g_idx, axis=1), 0.0)                      # [M, ROWS·BP]
             y = tl.sum(tl.reshape(y, (TW, TH, ROWS * BP)), axis=0)                     # [TH, ROWS·BP]
             g = tl.arange(0, ROWS * BP)
             r = (r0 + tl.arange(0, TH))[:, None] - (lo_r + it + g // BP)[None, :] + (KS - 1)   # d_rpb row
-            c = g % BP
-            tl.store(DRPB + (drpb_rows[:, None] + r) * NBC + c[None, :], y,
+            col = g % BP
+            tl.store(DRPB + (drpb_rows[:, None] + r) * NBC + col[None, :], y,
                      mask=(r0 + tl.arange(0, TH) < H)[:, None] & (r >= 0) & (r < 2 * KS - 1)
-                     & ((it + g // BP) < n_it)[None, :] & (c < NBC)[None, :])
+                     & ((it + g // BP) < n_it)[None, :] & (col < NBC)[None, :])
     return dk_a, dk_b, dv_a, dv_b
 
 
@@ -476,7 +501,7 @@ def _na2d_bwd_dkdv_kernel(
     KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
     QWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, FUSED: tl.constexpr,
-    RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr,
+    RPB_GRAD: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """dk and dv per key tile; with ``FUSED`` also dq (``DQ``: fp32, zeroed, contiguous) and the d_rpb
     partials ``(B, H, W / TW, heads, 2K - 1, NBC)`` by key row and d_rpb row (``QWP`` must then hold a
@@ -513,12 +538,23 @@ def _na2d_bwd_dkdv_kernel(
         dv_a = tl.zeros([TH * TW, DA], tl.float32)
         dk_b = tl.zeros([TH * TW, DB], tl.float32)
         dv_b = tl.zeros([TH * TW, DB], tl.float32)
+        ahead = ROWS if PREFETCH else 0  # steps between a load and its use
+        if PREFETCH:
+            c = _query_chunks(q_base, do_base, LSE + stats, DELTA + stats, 0, n_it, n_cc, lo_r, lo_c, hi_c, H, W,
+                              sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, D, KS, CO, CW, QWP, ROWS, DA, DB,
+                              SPLIT, EVEN_D)
         for it in range(0, n_it, ROWS):
-            dk_a, dk_b, dv_a, dv_b = _dkdv_query_chunks(
-                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, q_base, do_base, LSE + stats, DELTA + stats,
-                DQ + stats * D, DRPB, it, n_it, n_cc, lo_r, lo_c, hi_c, H, W, sqh, sqw, sdh, sdw, r0, kr, kc, k_ok,
-                table_head, TABLE, qk_scale, scale, D, g_idx, g_ok, drpb_rows, KS, CO, CW, QWP, ROWS, TH, TW, DA,
-                DB, SPLIT, EVEN_D, PRECISION, FUSED, RPB_GRAD, BP, NBC)
+            loaded = _query_chunks(q_base, do_base, LSE + stats, DELTA + stats, it + ahead, n_it, n_cc, lo_r, lo_c,
+                                   hi_c, H, W, sqh, sqw, sdh, sdw, kr, kc, k_ok, table_head, TABLE, D, KS, CO, CW,
+                                   QWP, ROWS, DA, DB, SPLIT, EVEN_D)
+            if not PREFETCH:
+                c = loaded
+            dk_a, dk_b, dv_a, dv_b = _dkdv_step(
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, c, DQ + stats * D, DRPB, it, n_it, lo_r, W, r0, H,
+                qk_scale, scale, D, g_idx, g_ok, drpb_rows, KS, ROWS, TH, TW, DA, DB, SPLIT, PRECISION, FUSED,
+                RPB_GRAD, BP, NBC)
+            if PREFETCH:  # the next steps' loads were in flight while these were computed
+                c = loaded
         rows = ((pid_bh.to(tl.int64) * H + kr) * W + kc) * D                                # dk, dv: contiguous
         _store_head(DK, rows, k_ok, dk_a * scale, dk_b * scale, D, DA, DB, SPLIT)
         _store_head(DV, rows, k_ok, dv_a, dv_b, D, DA, DB, SPLIT)
@@ -617,7 +653,8 @@ def _bwd_prep_kernel(O, DO, DELTA, DQ, sob, son, soh, sow, sdb, sdn, sdh, sdw, h
 class Tile(NamedTuple):
     """A program's work: ``tr`` tiles of ``th`` rows × ``tw`` pixels, ``rows`` partner rows per step, on
     ``num_warps`` warps with ``num_stages`` pipeline stages: key rows (forward, dq) or query chunks
-    (dk/dv), scored by one dot; ``rows`` is a power of two."""
+    (dk/dv), scored by one dot; ``rows`` is a power of two.  ``prefetch`` (dk/dv kernel only): the
+    next step's loads are issued into registers before the current step is computed."""
 
     th: int
     tr: int = 1
@@ -625,6 +662,7 @@ class Tile(NamedTuple):
     num_warps: int = 4
     num_stages: int = 1
     tw: int = MAX_TW
+    prefetch: bool = False
 
 
 def _pow2(x: int, least: int = 16) -> int:
@@ -705,8 +743,9 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     the forward and dq kernels another 15-20 % from loads pipelined 2 (fp32) or 3 steps ahead, and the
     forward 5-10 % more from one tile per program (twice the programs, half the steps each); with a
     head_dim of 128 those dots would spill.  One pipeline stage wins on large maps and in the dk/dv
-    kernels.  The fused backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB
-    of shared memory (an H100 has 227)."""
+    kernels, whose narrow tiles instead gain 7-18 % at stages 2-3 from loading each step's queries a
+    step ahead into registers (``prefetch``).  The fused backward in fp32 at a head_dim of 128 keeps
+    one row per dot: two need 256 KiB of shared memory (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
@@ -727,6 +766,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
             if narrow:
                 tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
+        if kind == "dkdv" and narrow:  # loads a step ahead, by hand
+            tiles += [Tile(4, 2, 1, warps // 2, tw=8, prefetch=True), Tile(4, 2, 2, warps // 2, tw=8, prefetch=True)]
     if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     if kind == "bwd" and dtype == torch.float32 and dp >= 128:
@@ -986,7 +1027,7 @@ def _backward_dkdv(q, k, v, table, lse, delta, do, kernel_size: int, scale: floa
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
             QWP=tile_run(tile, kernel_size, width, q.dtype), FUSED=False, RPB_GRAD=False, BP=16, NBC=16,
-            **_launch_args(tile, kernel_size, q, k, v, do))
+            PREFETCH=tile.prefetch, **_launch_args(tile, kernel_size, q, k, v, do))
 
     launch(_pick("dkdv", kernel_size, head_dim, q.dtype, width, launch))
     return dk, dv
@@ -1019,7 +1060,7 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0],
             QWP=tile_run(tile, kernel_size, width, q.dtype, whole_band=True), FUSED=True, RPB_GRAD=rpb_grad,
-            **widths, **_launch_args(tile, kernel_size, q, k, v, do))
+            PREFETCH=tile.prefetch, **widths, **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
     scratch = []  # the autotuner's launches add into a scratch dq, made once (outside its graph captures)
