@@ -238,6 +238,15 @@ def kernel_calls(stage: int, dname: str) -> tuple[dict, Callable[..., dict]]:
     return tiles, calls
 
 
+def parse_tiles(text: str) -> list:
+    """Tiles written ``th,tr,rows,num_warps,num_stages[,tw[,prefetch]]`` (prefetch 0 or 1), ``;`` between."""
+    tiles = []
+    for spec in text.split(";"):
+        fields = [int(x) for x in spec.split(",")]
+        tiles.append(tb.Tile(*fields[:6], *(bool(x) for x in fields[6:])))
+    return tiles
+
+
 SWEEP = [tb.Tile(*t) for t in (  # (th, tr, rows, num_warps, num_stages[, tw])
     (4, 2, 1, 4, 1), (4, 2, 2, 4, 1), (4, 4, 1, 4, 1), (4, 4, 2, 4, 1), (2, 4, 2, 2, 1), (2, 4, 1, 2, 1),
     (2, 4, 2, 4, 1), (8, 1, 1, 8, 1), (8, 1, 2, 8, 1), (4, 2, 1, 4, 2), (1, 8, 1, 1, 1), (1, 8, 2, 1, 1),
@@ -315,8 +324,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", default="1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--compile-only", action="store_true", help="with --sweep: compile every tile, time nothing")
-    parser.add_argument("--tiles", type=lambda s: [tb.Tile(*map(int, t.split(","))) for t in s.split(";")],
-                        help='with --sweep: these tiles instead of the built-in list, e.g. "2,4,1,4,1,8;4,2,1,2,1,8"')
+    parser.add_argument("--tiles", type=parse_tiles,
+                        help='with --sweep: these tiles instead of the built-in list, e.g. "2,4,1,4,1,8;4,2,1,2,1,8,1"')
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
