@@ -505,7 +505,8 @@ def _na2d_bwd_dkdv_kernel(
 ):
     """dk and dv per key tile; with ``FUSED`` also dq (``DQ``: fp32, zeroed, contiguous) and the d_rpb
     partials ``(B, H, W / TW, heads, 2K - 1, NBC)`` by key row and d_rpb row (``QWP`` must then hold a
-    tile's whole band of query columns: one chunk per query row)."""
+    tile's whole band of query columns: one chunk per query row).  ``PREFETCH``: each step's loads
+    are issued one step ahead, into registers."""
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
