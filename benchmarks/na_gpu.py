@@ -239,7 +239,8 @@ def kernel_calls(stage: int, dname: str) -> tuple[dict, Callable[..., dict]]:
 
 
 def parse_tiles(text: str) -> list:
-    """Tiles written ``th,tr,rows,num_warps,num_stages[,tw[,prefetch]]`` (prefetch 0 or 1), ``;`` between."""
+    """Tiles written ``th,tr,rows,num_warps,num_stages[,tw[,prefetch[,bias_in_dot]]]`` (flags 0 or 1),
+    ``;`` between."""
     tiles = []
     for spec in text.split(";"):
         fields = [int(x) for x in spec.split(",")]

@@ -163,6 +163,7 @@ cases = [  # batch, heads, height, width, head_dim, kernel size, rpb, tile
     (1, 2, 16, 16, 32, 7, True, tb.Tile(4, 2, 4, 4)),          # 4 key rows per dot; key runs of 16 (the width)
     (2, 1, 11, 12, 36, 5, True, tb.Tile(2, 4, 2, 2)),          # runs of 16 on a 12-wide map, head dim 32 + 16
     (2, 1, 9, 11, 36, 5, True, tb.Tile(4, 2, 2, 2, tw=8, prefetch=True)),  # dk/dv loads a step ahead
+    (1, 2, 13, 19, 20, 5, True, tb.Tile(4, 2, 2, 4, 3, bias_in_dot=True)),  # the bias as the QK accumulator
 ]
 runs = [(case, mode) for case in cases for mode in ("split", "fused")]  # both backward paths
 for (batch, heads, height, width, head_dim, ks, with_rpb, tile), mode in runs:
@@ -313,7 +314,7 @@ print("ok", 3)
 """
 
 
-@pytest.mark.parametrize("script,cases,autotune", [(TABLE_SCRIPT, 4, "0"), (NA_SCRIPT, 22, "0"),
+@pytest.mark.parametrize("script,cases,autotune", [(TABLE_SCRIPT, 4, "0"), (NA_SCRIPT, 24, "0"),
                                                    (DRPB_SUM_SCRIPT, 2, "0"), (AUTOTUNE_SCRIPT, 1, "1"),
                                                    (SCAN_SCRIPT, 3, "0"), (SS2D_SCRIPT, 3, "0")],
                          ids=["na_bias_table", "neighborhood_attention", "na_drpb_sum", "na_autotuning",

@@ -149,9 +149,9 @@ def _store_head(base, rows, row_ok, xa, xb, D, DA: tl.constexpr, DB: tl.constexp
 
 
 @triton.jit
-def _dot_rows(xa, xb, ya, yb, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    """``x · yᵀ`` over the head dim, ``[R, S]`` from rows ``x [R, D]`` and ``y [S, D]`` in parts."""
-    out = tl.dot(xa, tl.trans(ya), input_precision=PRECISION)
+def _dot_rows(xa, xb, ya, yb, SPLIT: tl.constexpr, PRECISION: tl.constexpr, acc=None):
+    """``acc + x · yᵀ`` over the head dim, ``[R, S]`` from rows ``x [R, D]`` and ``y [S, D]`` in parts."""
+    out = tl.dot(xa, tl.trans(ya), acc, input_precision=PRECISION)
     if SPLIT:
         out = tl.dot(xb, tl.trans(yb), out, input_precision=PRECISION)
     return out
@@ -237,10 +237,12 @@ def _key_run(K, V, b, n, skb, skn, skw, svb, svn, svw, j0, W, KS: tl.constexpr, 
 def _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale, D,
               KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, DA: tl.constexpr,
               DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-              VEC_BIAS: tl.constexpr):
+              VEC_BIAS: tl.constexpr, BIAS_IN_DOT: tl.constexpr):
     """Key rows ``kr ..< kr + ROWS`` (clamped into the map for loading) of a query tile, as one run of
-    ``N = ROWS·RWP`` keys: ``k``, ``v`` (``[N, D]`` each in two parts) and the log2-scaled logits
-    ``[M, N]``, ``-inf`` outside each query's window (rows past the map are outside every window)."""
+    ``N = ROWS·RWP`` keys: ``k``, ``v`` (``[N, D]`` each in two parts) and the logits ``[M, N]``,
+    ``-inf`` outside each query's window (rows past the map are outside every window): log2-scaled,
+    or with ``BIAS_IN_DOT`` in the dot's units (times ``qk_scale`` is log2-scaled), the bias added
+    as the dot's accumulator (loaded into registers, not staged through shared memory)."""
     n = tl.arange(0, ROWS * RWP)
     if ROWS == 1:  # a scalar key row and one bias row per query: fewer registers
         K += tl.minimum(kr, H - 1) * skh
@@ -261,6 +263,8 @@ def _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, T
     ka, kb = _load_head(K, k_cols, k_cols, D, False, DA, DB, SPLIT, EVEN_D)
     va, vb = _load_head(V, v_cols, v_cols, D, False, DA, DB, SPLIT, EVEN_D)
     bias = tl.load(TABLE + offsets)
+    if BIAS_IN_DOT:
+        return ka, kb, va, vb, _dot_rows(qa, qb, ka, kb, SPLIT, PRECISION, bias * (1.0 / qk_scale))
     return ka, kb, va, vb, _dot_rows(qa, qb, ka, kb, SPLIT, PRECISION) * qk_scale + bias
 
 
@@ -276,12 +280,14 @@ def _na2d_fwd_kernel(
     KS: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, ROWS: tl.constexpr,
     RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
+    BIAS_IN_DOT: tl.constexpr,
 ):
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
     skb, skn, skh, skw = _aligned(skb, skn, skh, skw, ALIGN)
     svb, svn, svh, svw = _aligned(svb, svn, svh, svw, ALIGN)
     sob, son, soh, sow = _aligned(sob, son, soh, sow, ALIGN)
     D = (D // ALIGN) * ALIGN
+    unit = qk_scale if BIAS_IN_DOT else 1.0  # log2 units per unit of the logits _key_rows returns
     pid_bh, b, n, i_first, j0, table_head = _program_place(heads, table_heads, W, KS, CW, TR * TH, TW)
     k_base, v_base, k_cols, v_cols, col0 = _key_run(K, V, b, n, skb, skn, skw, svb, svn, svw, j0, W, KS, RWP, ROWS, TW)
 
@@ -296,17 +302,17 @@ def _na2d_fwd_kernel(
         for kr in range(r_lo, r_hi, ROWS):  # rows past r_hi are outside every window
             _, _, va, vb, s = _key_rows(qa, qb, k_base, v_base, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base,
                                         TABLE, qk_scale, D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION,
-                                        VEC_BIAS)
+                                        VEC_BIAS, BIAS_IN_DOT)
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2((m_i - m_new) * unit)
+            p = tl.exp2(s * unit - (m_new * unit)[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             acc_a, acc_b = _dot_acc(p, va, vb, acc_a * alpha[:, None], acc_b * alpha[:, None], SPLIT, PRECISION)
             m_i = m_new
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
         _store_head(O + b * sob + n * son, qi * soh + qj * sow, q_ok, acc_a / l_i[:, None], acc_b / l_i[:, None], D,
                     DA, DB, SPLIT)
-        tl.store(LSE + (pid_bh.to(tl.int64) * H + qi) * W + qj, m_i + tl.log2(l_i), mask=q_ok)
+        tl.store(LSE + (pid_bh.to(tl.int64) * H + qi) * W + qj, m_i * unit + tl.log2(l_i), mask=q_ok)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +329,7 @@ def _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_cols, v_cols, kr, H, sk
     """One step of the dq walk, key rows ``kr ..< kr + ROWS``: returns ``dq + ds @ k`` (``[M, D]`` in
     parts); stores these rows' d_rpb partials (per query row, by window row)."""
     ka, kb, va, vb, s = _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
-                                  D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
+                                  D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS, False)
     p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
     ds = p * (_dot_rows(do_a, do_b, va, vb, SPLIT, PRECISION) - delta[:, None])
     if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of each key row
@@ -655,7 +661,9 @@ class Tile(NamedTuple):
     """A program's work: ``tr`` tiles of ``th`` rows × ``tw`` pixels, ``rows`` partner rows per step, on
     ``num_warps`` warps with ``num_stages`` pipeline stages: key rows (forward, dq) or query chunks
     (dk/dv), scored by one dot; ``rows`` is a power of two.  ``prefetch`` (dk/dv kernel only): the
-    next step's loads are issued into registers before the current step is computed."""
+    next step's loads are issued into registers before the current step is computed.  ``bias_in_dot``
+    (forward only): the bias enters as the QK dot's accumulator, loaded into registers rather than
+    pipelined through shared memory."""
 
     th: int
     tr: int = 1
@@ -664,6 +672,7 @@ class Tile(NamedTuple):
     num_stages: int = 1
     tw: int = MAX_TW
     prefetch: bool = False
+    bias_in_dot: bool = False
 
 
 def _pow2(x: int, least: int = 16) -> int:
@@ -745,8 +754,11 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     forward 5-10 % more from one tile per program (twice the programs, half the steps each); with a
     head_dim of 128 those dots would spill.  One pipeline stage wins on large maps and in the dk/dv
     kernels, whose narrow tiles instead gain 7-18 % at stages 2-3 from loading each step's queries a
-    step ahead into registers (``prefetch``).  The fused backward in fp32 at a head_dim of 128 keeps
-    one row per dot: two need 256 KiB of shared memory (an H100 has 227)."""
+    step ahead into registers (``prefetch``).  On wide runs (stage 1) the pipelined forward tiles
+    are 2.7-3.4× slower than unpipelined ones unless the bias enters as the QK dot's accumulator
+    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267).  The fused
+    backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB of shared memory
+    (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
@@ -767,6 +779,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
             if narrow:
                 tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
+        if kind == "fwd" and not narrow:  # pipelined, the bias through the dot's accumulator
+            tiles += [Tile(4, 2, 1, warps, depth, bias_in_dot=True), Tile(4, 2, 2, warps, depth, bias_in_dot=True)]
         if kind == "dkdv" and narrow:  # loads a step ahead, by hand
             tiles += [Tile(4, 2, 1, warps // 2, tw=8, prefetch=True), Tile(4, 2, 2, warps // 2, tw=8, prefetch=True)]
     if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
@@ -949,7 +963,7 @@ def _forward(q, k, v, table, kernel_size: int, scale: float):
             q, k, v, table, o, lse, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o),
             heads, height, width, head_dim, scale * LOG2E, table.shape[0],
             RWP=tile_run(tile, kernel_size, width, q.dtype), VEC_BIAS=_vector_bias(q.dtype),
-            **_launch_args(tile, kernel_size, q, k, v))
+            BIAS_IN_DOT=tile.bias_in_dot, **_launch_args(tile, kernel_size, q, k, v))
 
     launch(_pick("fwd", kernel_size, head_dim, q.dtype, width, launch))
     return o, lse
