@@ -57,8 +57,8 @@ def _na_kernel(kind: str, tile, kernel_size: int, head_dim: int, dtype: str, wid
     if kind == "fwd":
         return na._na2d_fwd_kernel, {**common, **vec, "RWP": run, "BIAS_IN_DOT": tile.bias_in_dot}, ptrs
     if kind == "dq":
-        return (na._na2d_bwd_dq_kernel, {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True},
-                ptrs)
+        return (na._na2d_bwd_dq_kernel, {**common, **vec, "RWP": run, **na.drpb_widths(kernel_size), "RPB_GRAD": True,
+                                         "BIAS_IN_DOT": tile.bias_in_dot}, ptrs)
     if kind == "dkdv":
         return (na._na2d_bwd_dkdv_kernel, {**common, "QWP": run, "FUSED": False, "RPB_GRAD": False, "BP": 16, "NBC": 16,
                                            "PREFETCH": tile.prefetch}, ptrs)
@@ -82,7 +82,9 @@ def _na_cases():
     yield ("na-dkdv-prefetch-bf16-k7", *_na_kernel("dkdv", prefetch, 7, 36, "bf16", 32, 4), prefetch)
     for dtype in ("bf16", "fp32"):  # the bias as the forward's QK accumulator, pipelined
         bias_in_dot = na.Tile(4, 2, 2, 4, 3 if dtype == "bf16" else 2, bias_in_dot=True)
-        yield (f"na-fwd-bias-in-dot-{dtype}-k11", *_na_kernel("fwd", bias_in_dot, 11, 32, dtype, 128, 4), bias_in_dot)
+        for kind in ("fwd", "dq"):
+            yield (f"na-{kind}-bias-in-dot-{dtype}-k11", *_na_kernel(kind, bias_in_dot, 11, 32, dtype, 128, 4),
+                   bias_in_dot)
     geo = na.geometry(7)
     yield ("na-bias-table-bf16", na._bias_table_kernel, dict(KS=7, CO=geo.co, CW=geo.cw, BLOCK=1024),
            {"RPB": "bf16", "TABLE": "fp32"}, None)

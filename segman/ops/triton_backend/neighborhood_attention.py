@@ -325,11 +325,13 @@ def _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, K, V, k_cols, v_cols, kr, H, sk
                  KS: tl.constexpr, CW: tl.constexpr, RWP: tl.constexpr, ROWS: tl.constexpr, TH: tl.constexpr,
                  TW: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, RPB_GRAD: tl.constexpr, DA: tl.constexpr,
                  DB: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-                 VEC_BIAS: tl.constexpr):
+                 VEC_BIAS: tl.constexpr, BIAS_IN_DOT: tl.constexpr):
     """One step of the dq walk, key rows ``kr ..< kr + ROWS``: returns ``dq + ds @ k`` (``[M, D]`` in
     parts); stores these rows' d_rpb partials (per query row, by window row)."""
     ka, kb, va, vb, s = _key_rows(qa, qb, K, V, k_cols, v_cols, kr, H, skh, svh, qi, si, col_base, TABLE, qk_scale,
-                                  D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS, False)
+                                  D, KS, CW, RWP, ROWS, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS, BIAS_IN_DOT)
+    if BIAS_IN_DOT:
+        s *= qk_scale                                               # to log2 units
     p = tl.exp2(s - lse[:, None])                                   # 0 outside windows (s = -inf)
     ds = p * (_dot_rows(do_a, do_b, va, vb, SPLIT, PRECISION) - delta[:, None])
     if RPB_GRAD:  # per tile row: sum ds along each key-minus-query diagonal of each key row
@@ -355,7 +357,7 @@ def _na2d_bwd_dq_kernel(
     KS: tl.constexpr, RPB_GRAD: tl.constexpr, TR: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     ROWS: tl.constexpr, RWP: tl.constexpr, CO: tl.constexpr, CW: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
     SPLIT: tl.constexpr, BP: tl.constexpr, NBC: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-    ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr,
+    ALIGN: tl.constexpr, VEC_BIAS: tl.constexpr, BIAS_IN_DOT: tl.constexpr,
 ):
     tl.static_assert((BP >= NBC) & (NBC >= 2 * KS - 1))
     sqb, sqn, sqh, sqw = _aligned(sqb, sqn, sqh, sqw, ALIGN)
@@ -404,7 +406,7 @@ def _na2d_bwd_dq_kernel(
             dq_a, dq_b = _dq_key_rows(dq_a, dq_b, qa, qb, do_a, do_b, k_base, v_base, k_cols, v_cols, kr, H, skh,
                                       svh, qi, si, col_base, TABLE, qk_scale, lse, delta, D, g_row, g_col, g_idx,
                                       g_ok, row_si, row_ok, part, DRPB, KS, CW, RWP, ROWS, TH, TW, BP, NBC,
-                                      RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS)
+                                      RPB_GRAD, DA, DB, SPLIT, EVEN_D, PRECISION, VEC_BIAS, BIAS_IN_DOT)
         _store_head(DQ + b * sgb + n * sgn, qi * sgh + qj * sgw, q_ok, dq_a * scale, dq_b * scale, D, DA, DB, SPLIT)
 
 
@@ -662,8 +664,8 @@ class Tile(NamedTuple):
     ``num_warps`` warps with ``num_stages`` pipeline stages: key rows (forward, dq) or query chunks
     (dk/dv), scored by one dot; ``rows`` is a power of two.  ``prefetch`` (dk/dv kernel only): the
     next step's loads are issued into registers before the current step is computed.  ``bias_in_dot``
-    (forward only): the bias enters as the QK dot's accumulator, loaded into registers rather than
-    pipelined through shared memory."""
+    (forward and dq kernels): the bias enters as the QK dot's accumulator, loaded into registers
+    rather than pipelined through shared memory."""
 
     th: int
     tr: int = 1
@@ -756,7 +758,8 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     kernels, whose narrow tiles instead gain 7-18 % at stages 2-3 from loading each step's queries a
     step ahead into registers (``prefetch``).  On wide runs (stage 1) the pipelined forward tiles
     are 2.7-3.4× slower than unpipelined ones unless the bias enters as the QK dot's accumulator
-    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267).  The fused
+    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267); dq tries the
+    same.  The fused
     backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB of shared memory
     (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
@@ -779,7 +782,7 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(4, 2, 1, warps, depth), Tile(4, 2, 2, warps, depth)]
             if narrow:
                 tiles += [Tile(4, 2, 2, warps // 2, depth, tw=8)]
-        if kind == "fwd" and not narrow:  # pipelined, the bias through the dot's accumulator
+        if kind in ("fwd", "dq") and not narrow:  # pipelined, the bias through the dot's accumulator
             tiles += [Tile(4, 2, 1, warps, depth, bias_in_dot=True), Tile(4, 2, 2, warps, depth, bias_in_dot=True)]
         if kind == "dkdv" and narrow:  # loads a step ahead, by hand
             tiles += [Tile(4, 2, 1, warps // 2, tw=8, prefetch=True), Tile(4, 2, 2, warps // 2, tw=8, prefetch=True)]
@@ -986,7 +989,7 @@ def _backward_dq(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), *_strides4(do), *_strides4(dq),
             heads, height, width, head_dim, scale * LOG2E, scale, table.shape[0], RPB_GRAD=rpb_grad,
             RWP=tile_run(tile, kernel_size, width, q.dtype), **widths, VEC_BIAS=_vector_bias(q.dtype),
-            **_launch_args(tile, kernel_size, q, k, v, do))
+            BIAS_IN_DOT=tile.bias_in_dot, **_launch_args(tile, kernel_size, q, k, v, do))
         return buf
 
     buf = launch(_pick("dq", kernel_size, head_dim, q.dtype, width, launch))
