@@ -758,10 +758,9 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     kernels, whose narrow tiles instead gain 7-18 % at stages 2-3 from loading each step's queries a
     step ahead into registers (``prefetch``).  On wide runs (stage 1) the pipelined forward tiles
     are 2.7-3.4× slower than unpipelined ones unless the bias enters as the QK dot's accumulator
-    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267); dq tries the
-    same.  The fused
-    backward in fp32 at a head_dim of 128 keeps one row per dot: two need 256 KiB of shared memory
-    (an H100 has 227)."""
+    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267), and with the
+    dq kernel's such tiles forward+backward takes 1.162 ms against 1.185.  The fused backward in fp32
+    at a head_dim of 128 keeps one row per dot: two need 256 KiB of shared memory (an H100 has 227)."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
