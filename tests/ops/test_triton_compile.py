@@ -92,7 +92,7 @@ def _na_cases():
         yield (f"na-drpb-sum-{'key' if by_key_row else 'query'}-rows", na._drpb_sum_kernel,
                dict(KS=7, NBC=16, BP=16, BY_KEY_ROW=by_key_row, BLOCK=256), {"PARTS": "fp32", "OUT": "fp32"}, None)
     yield ("na-drpb-sum-splits", na._sum_splits_kernel, dict(BLOCK=1024), {"PARTS": "fp32", "OUT": "bf16"}, None)
-    yield ("na-bwd-prep-bf16", na._bwd_prep_kernel, dict(DP=64, BLOCK=16),
+    yield ("na-bwd-prep-bf16", na._bwd_prep_kernel, dict(DP=64, BLOCK=16, ALIGN=4),
            {"O": "bf16", "DO": "bf16", "DELTA": "fp32", "DQ": "fp32"}, None)
 
 

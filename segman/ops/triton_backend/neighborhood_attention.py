@@ -635,10 +635,13 @@ def _sum_splits_kernel(PARTS, OUT, n, splits, BLOCK: tl.constexpr):
 
 @triton.jit
 def _bwd_prep_kernel(O, DO, DELTA, DQ, sob, son, soh, sow, sdb, sdn, sdh, sdw, heads, H, W, D, n_pixels,
-                     DP: tl.constexpr, BLOCK: tl.constexpr):
+                     DP: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
     """For the fused backward, per pixel: ``Δ = rowsum(dO ∘ O)`` (fp32) and a zeroed row of the fp32
     ``dq`` (contiguous); one program per ``BLOCK`` pixels of ``(B, heads, H, W)``, head dim padded to
-    ``DP``."""
+    ``DP``; strides and head dim multiples of ``ALIGN`` (``_aligned``)."""
+    sob, son, soh, sow = _aligned(sob, son, soh, sow, ALIGN)
+    sdb, sdn, sdh, sdw = _aligned(sdb, sdn, sdh, sdw, ALIGN)
+    D = (D // ALIGN) * ALIGN
     pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = pix < n_pixels
     j = pix % W
@@ -1057,13 +1060,13 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
     rpb_grad = rpb_dtype is not None
     delta = torch.empty_like(lse)
     dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    # 1024 elements per program (8 per thread): unaligned rows (head_dim 36) load element by element, and
-    # wider blocks spilled their addresses
+    # 1024 elements per program (8 per thread) on 4 warps: as fast as 2048-8192 on 4-8 warps at every SegMAN-S
+    # stage; rows addressed as vectors (ALIGN) at head_dim 36: 11-38 % faster (benchmarks/RESULTS.md)
     head_pad = triton.next_power_of_2(head_dim)
     block = 1024 // head_pad
     _bwd_prep_kernel[(triton.cdiv(lse.numel(), block),)](o, do, delta, dq_sum, *_strides4(o), *_strides4(do), heads,
                                                            height, width, head_dim, lse.numel(), DP=head_pad,
-                                                           BLOCK=block)
+                                                           BLOCK=block, ALIGN=_stride_align(o, do))
     dk = torch.empty(q.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     widths = drpb_widths(kernel_size)
