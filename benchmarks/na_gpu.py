@@ -8,7 +8,10 @@ forward+backward (gradients of q, k, v and of a learnable rpb), for
   table); ``triton-split`` / ``triton-fused``: the same with that backward path forced (optional);
 * ``torch``: the reference backend (vectorised gathers);
 * ``flex``: ``torch.nn.attention.flex_attention`` compiled, with a neighborhood block mask and an
-  RPB ``score_mod`` reading a learnable bias: the baseline (only when importable).
+  RPB ``score_mod`` reading a learnable bias: the baseline (only when importable);
+* ``flash-dense`` (optional): FlashAttention-2 (torch SDPA's flash kernel, 16-bit only) over every
+  pixel of the map, with no window and no bias.  It is not neighborhood attention; it is a speed
+  reference for ordinary dense attention over the same tokens (at stage 4, 256 per batch and head).
 
 The floor is the time to move the bytes that must move once (forward: q, k, v, rpb read and the
 output written; forward+backward adds q, k, v, o, dO, rpb read and dq, dk, dv, d_rpb written) at
@@ -16,7 +19,7 @@ the device-to-device copy bandwidth measured in the same run (bytes read + writt
 Eager timings include each call's host work (Python, launches, the bias table), which dominates at
 stages 3-4; a second table replays forward+backward from a CUDA graph: the GPU time alone.
 
-Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex[,triton-split,triton-fused]]
+Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex[,triton-split,triton-fused,flash-dense]]
        [--dtypes fp32,bf16]
        [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
 """
@@ -99,10 +102,25 @@ def flex_fn(side: int, kernel_size: int, heads: int) -> Optional[Callable]:
     return run
 
 
+def flash_dense_fn(side: int) -> Callable:
+    """Dense attention over all ``side²`` pixels through SDPA's flash kernel (rpb unused)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def run(q, k, v, rpb, scale):
+        flat = [t.flatten(2, 3) for t in (q, k, v)]
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            out = torch.nn.functional.scaled_dot_product_attention(*flat, scale=scale)
+        return out.unflatten(2, (side, side))
+
+    return run
+
+
 def provider_fn(name: str, stage: int):
     heads, _, side, kernel_size = STAGES[stage]
     if name == "flex":
         return flex_fn(side, kernel_size, heads)
+    if name == "flash-dense":
+        return flash_dense_fn(side)
     backend = "triton" if name.startswith("triton") else name
 
     def run(q, k, v, rpb, scale):
@@ -124,7 +142,7 @@ def time_provider(fn, inputs) -> tuple[float, float, float]:
     gout = torch.randn_like(q)
 
     def fwd_bwd():
-        torch.autograd.grad(fn(q, k, v, rpb, scale), leaves, gout)
+        torch.autograd.grad(fn(q, k, v, rpb, scale), leaves, gout, allow_unused=True)  # flash-dense: no rpb
 
     fwd_bwd()  # compile and autotune outside the timings (do_bench sizes its loop from the first calls)
     torch.cuda.synchronize()
