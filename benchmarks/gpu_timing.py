@@ -2,10 +2,12 @@
 
 ``bench`` times an eager call; ``graph_bench`` replays the call from a CUDA graph, which leaves
 out the host work (Python, argument handling, launches) and measures what the GPU spends; at
-small shapes the two differ several-fold.  ``copy_bandwidth`` is the reference for the floors.
+small shapes the two differ several-fold.  ``copy_bandwidth`` is the reference for the floors;
+``same_size_copy`` times a copy of a floor's own bytes the way the kernels are timed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -43,3 +45,12 @@ def copy_bandwidth() -> float:
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src))
     return 2 * src.numel() * 4 / ms
+
+
+def same_size_copy(nbytes: int) -> float:
+    """Milliseconds of a device-to-device copy moving ``nbytes`` (half read, half written), replayed
+    like the kernels (``graph_bench``): what a floor's own bytes take at this size, where launch,
+    ramp-up and tail are not spread over 1 GiB."""
+    src = torch.empty(nbytes // 8, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    return graph_bench(functools.partial(dst.copy_, src))

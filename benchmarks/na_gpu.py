@@ -11,15 +11,20 @@ forward+backward (gradients of q, k, v and of a learnable rpb), for
   RPB ``score_mod`` reading a learnable bias: the baseline (only when importable);
 * ``flash-dense`` (optional): FlashAttention-2 (torch SDPA's flash kernel, 16-bit only) over every
   pixel of the map, with no window and no bias.  It is not neighborhood attention; it is a speed
-  reference for ordinary dense attention over the same tokens (at stage 4, 256 per batch and head).
+  reference for ordinary dense attention over the same tokens (at stage 4, 256 per batch and head);
+* ``copy`` (optional): a device-to-device copy of each pass's floor bytes, timed like the kernels
+  (every column is a CUDA-graph replay): what the floor's own bytes take at this size, launch,
+  ramp-up and tail included.
 
 The floor is the time to move the bytes that must move once (forward: q, k, v, rpb read and the
 output written; forward+backward adds q, k, v, o, dO, rpb read and dq, dk, dv, d_rpb written) at
 the device-to-device copy bandwidth measured in the same run (bytes read + written per second).
 Eager timings include each call's host work (Python, launches, the bias table), which dominates at
-stages 3-4; a second table replays forward+backward from a CUDA graph: the GPU time alone.
+stages 3-4; a second table replays each pass from a CUDA graph: the GPU time alone.  Rows print as
+each shape finishes, with triton's relative error against the torch reference.
 
-Usage: PYTHONPATH=. python benchmarks/na_gpu.py [--providers triton,torch,flex[,triton-split,triton-fused,flash-dense]]
+Usage: PYTHONPATH=. python benchmarks/na_gpu.py
+       [--providers triton,torch,flex[,triton-split,triton-fused,flash-dense,copy]]
        [--dtypes fp32,bf16]
        [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
 """
@@ -35,7 +40,7 @@ from unittest import mock
 import torch
 import triton
 
-from gpu_timing import bench, copy_bandwidth, graph_bench
+from gpu_timing import bench, copy_bandwidth, graph_bench, same_size_copy
 from segman.ops import neighborhood_attention_2d
 from segman.ops.triton_backend import neighborhood_attention as tb
 
@@ -134,21 +139,23 @@ def provider_env(name: str) -> dict:
     return {"SEGMAN_NA_BACKWARD": name.split("-", 1)[1]} if name.startswith("triton-") else {}
 
 
-def time_provider(fn, inputs) -> tuple[float, float, float]:
-    """ms of the forward and of forward+backward (eager), and of forward+backward replayed from a
-    CUDA graph (GPU time alone)."""
+def time_provider(fn, inputs) -> tuple[float, float, float, float]:
+    """ms of the forward and of forward+backward, each from eager calls and replayed from a CUDA graph
+    (GPU time alone)."""
     q, k, v, rpb, _, scale = inputs
     leaves = [q, k, v, rpb]
     gout = torch.randn_like(q)
+
+    def fwd():
+        with torch.no_grad():
+            return fn(q, k, v, rpb, scale)
 
     def fwd_bwd():
         torch.autograd.grad(fn(q, k, v, rpb, scale), leaves, gout, allow_unused=True)  # flash-dense: no rpb
 
     fwd_bwd()  # compile and autotune outside the timings (do_bench sizes its loop from the first calls)
     torch.cuda.synchronize()
-    with torch.no_grad():
-        fwd = bench(lambda: fn(q, k, v, rpb, scale))
-    return fwd, bench(fwd_bwd), graph_bench(fwd_bwd)
+    return bench(fwd), bench(fwd_bwd), graph_bench(fwd), graph_bench(fwd_bwd)
 
 
 def rel_err(a, b) -> float:
@@ -161,15 +168,13 @@ def _ms(x: Optional[float]) -> str:
 
 def table(args) -> None:
     bw = copy_bandwidth()
-    rows = []
     print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"{datetime.date.today()}, copy bandwidth {bw / 1e9:.2f} TB/s (read + write)", flush=True)
     providers = [p for p in args.providers if p != "flex"] + (["flex"] if "flex" in args.providers else [])
     columns = "".join(f" {p} ms |" for p in providers)
-    header = f"| stage | dtype | pass |{columns} floor ms | triton/floor | flex/triton | triton err vs torch |"
-    graph_header = f"| stage | dtype |{columns} flex/triton |"
-    graph_rows = []
-    print(f"rows as each shape finishes, eager {header}, then GPU time {graph_header}", flush=True)
+    header = f"| stage | dtype | pass |{columns} floor ms | triton/floor | flex/triton |"
+    tables = {"Eager calls (host work included)": [], "Replayed from a CUDA graph (GPU time)": []}
+    print(f"rows as each shape finishes (eager, then graph): {header} triton err vs torch |", flush=True)
     for stage in args.stages:
         for dname in args.dtypes:
             inputs = make_inputs(stage, DTYPES[dname])
@@ -177,6 +182,10 @@ def table(args) -> None:
             fwd_bytes, all_bytes = floor_bytes(q, rpb)
             times, err = {}, float("nan")
             for name in providers:
+                if name == "copy":
+                    fwd_copy, all_copy = same_size_copy(fwd_bytes), same_size_copy(all_bytes)
+                    times[name] = fwd_copy, all_copy, fwd_copy, all_copy
+                    continue
                 fn = provider_fn(name, stage)
                 if fn is None:
                     continue
@@ -191,27 +200,22 @@ def table(args) -> None:
                     out = provider_fn("triton", stage)(q, k, v, rpb, scale)
                     ref = provider_fn("torch", stage)(q, k, v, rpb, scale)
                 err = rel_err(out, ref)
-            for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
-                floor = nbytes / bw
-                t = {name: ts[i] for name, ts in times.items()}
-                tri, flex = t.get("triton"), t.get("flex")
-                cells = "".join(f" {_ms(t.get(p))} |" for p in providers)
-                rows.append(f"| {stage} | {dname} | {pname} |{cells} {floor:.3f} | "
-                            f"{tri / floor if tri else float('nan'):.2f} | "
-                            f"{flex / tri if (flex and tri) else float('nan'):.1f} | {err:.1e} |")
-                print(rows[-1], flush=True)
-            g = {name: ts[2] for name, ts in times.items()}
-            tri, flex = g.get("triton"), g.get("flex")
-            cells = "".join(f" {_ms(g.get(p))} |" for p in providers)
-            graph_rows.append(f"| {stage} | {dname} |{cells} {flex / tri if (flex and tri) else float('nan'):.1f} |")
-            print(graph_rows[-1], flush=True)
+            for first, rows in zip((0, 2), tables.values()):
+                for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
+                    floor = nbytes / bw
+                    t = {name: ts[first + i] for name, ts in times.items()}
+                    tri, flex = t.get("triton"), t.get("flex")
+                    cells = "".join(f" {_ms(t.get(p))} |" for p in providers)
+                    rows.append(f"| {stage} | {dname} | {pname} |{cells} {floor:.3f} | "
+                                f"{tri / floor if tri else float('nan'):.2f} | "
+                                f"{flex / tri if (flex and tri) else float('nan'):.1f} |")
+                    print(f"{rows[-1]} {err:.1e} |", flush=True)
             print(f"  triton picked: {_picked(kernel_size, q.shape[-1], q.dtype)}", flush=True)
-    for title, head, lines in (("Eager calls", header, rows),
-                               ("forward+backward replayed from a CUDA graph (GPU time)", graph_header, graph_rows)):
+    for title, rows in tables.items():
         print(f"\n{title}:\n")
-        print(head)
-        print("|---" * (head.count("|") - 1) + "|")
-        for line in lines:
+        print(header)
+        print("|---" * (header.count("|") - 1) + "|")
+        for line in rows:
             print(line)
     print("\ntriton tiles (kind, K, head_dim, dtype, key run of a 16-wide tile) -> tile:")
     for key, tile in sorted(tb._TUNED.items(), key=str):

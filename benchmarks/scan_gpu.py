@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import importlib
 
 import torch
 import triton
 
-from gpu_timing import bench, copy_bandwidth, graph_bench
+from gpu_timing import bench, copy_bandwidth, graph_bench, same_size_copy
 from segman.ops import cross_merge, cross_scan, selective_scan
 
 SCAN = importlib.import_module("segman.ops.selective_scan")
@@ -101,12 +100,7 @@ def same_size_copy_row(shape, dname, byte_counts, floors):
     """A plain device-to-device copy that moves each pass's floor bytes (half read, half written),
     timed like the kernels: what the floor's own copy reaches at this size, where its launch, ramp-up
     and tail are not spread over 1 GiB.  (Its eager columns repeat the GPU times, as the floor's do.)"""
-    times = []
-    for nbytes in byte_counts:
-        src = torch.empty(nbytes // 8, dtype=torch.float32, device="cuda").uniform_()
-        dst = torch.empty_like(src)
-        times.append(graph_bench(functools.partial(dst.copy_, src)))
-        del src, dst
+    times = [same_size_copy(nbytes) for nbytes in byte_counts]
     return row(shape, dname, "copy of the same bytes", (*times, *times), floors)
 
 
