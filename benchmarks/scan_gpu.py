@@ -97,9 +97,8 @@ def floor_row(shape, dname, floors, name="floor"):
 
 
 def same_size_copy_row(shape, dname, byte_counts, floors):
-    """A plain device-to-device copy that moves each pass's floor bytes (half read, half written),
-    timed like the kernels: what the floor's own copy reaches at this size, where its launch, ramp-up
-    and tail are not spread over 1 GiB.  (Its eager columns repeat the GPU times, as the floor's do.)"""
+    """``same_size_copy`` of each pass's floor bytes.  (Its eager columns repeat the GPU times, as the
+    floor's do.)"""
     times = [same_size_copy(nbytes) for nbytes in byte_counts]
     return row(shape, dname, "copy of the same bytes", (*times, *times), floors)
 
