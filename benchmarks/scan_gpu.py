@@ -12,11 +12,13 @@ once and every output written once (forward: u, delta, B, C in, y fp32 out; back
 B, C, dy fp32 in, du, ddelta, dB, dC out; per-channel parameters are negligible).  Copy bandwidth:
 a 1 GiB device-to-device copy, counting bytes read plus written.  Under each scan floor, a row
 times a copy of the floor's bytes (a few hundred MB at most): the same copy at the kernels' size,
-launch and tail included, for reference; the ratios stay against the floor.  Times are medians of
-``triton.testing.do_bench`` (which flushes L2 before every call), through the public functions
-(backward: ``torch.autograd.grad`` of the output), in two ways: replayed from a CUDA graph (the
-GPU time of the call, compared with the floor) and called eagerly (``eager`` columns: what a
-Python loop of such calls measures, which at the small shapes is mostly host work).
+ramp-up and tail included, for reference; the ratios stay against the floor.  Every call runs with
+L2 flushed before it, through the public functions (backward: ``torch.autograd.grad`` of the output),
+timed in three ways (``gpu_timing``): the GPU time of the call replayed from a CUDA graph, from its
+first kernel's start to its last one's end (CUPTI; compared with the floor, and the copy bandwidth
+is measured the same way); the same replay between CUDA events (``replay`` columns: adds the graph
+launch's latency, about 4 µs); and called eagerly (``eager`` columns: what a Python loop of such
+calls measures, which at the small shapes is mostly host work).
 
 Usage: python benchmarks/scan_gpu.py [--sweep] [--kernel-modes] [--only cuda triton] [--skip-ss2d]
 (--sweep: Triton launch configurations; --kernel-modes: each CUDA forward and backward kernel variant.)
@@ -30,7 +32,7 @@ import importlib
 import torch
 import triton
 
-from gpu_timing import bench, copy_bandwidth, graph_bench, same_size_copy
+from gpu_timing import GraphTime, bench, copy_bandwidth, graph_bench, same_size_copy
 from segman.ops import cross_merge, cross_scan, selective_scan
 
 SCAN = importlib.import_module("segman.ops.selective_scan")
@@ -74,8 +76,8 @@ def ss2d_bytes(channels, side, dtype):
 
 
 def time_fwd_bwd(fn, leaves):
-    """``(fwd, bwd, fwd eager, bwd eager)`` ms of ``fn()``, whose output is differentiated w.r.t.
-    ``leaves``: GPU time (CUDA-graph replay) and eager wall time."""
+    """``(fwd, bwd, fwd eager, bwd eager)`` of ``fn()``, whose output is differentiated w.r.t.
+    ``leaves``: CUDA-graph replays (``GraphTime``) and eager wall time (ms)."""
     stream = torch.cuda.Stream()  # the backward is captured on the stream its forward ran on
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -87,20 +89,23 @@ def time_fwd_bwd(fn, leaves):
 
 
 def row(shape, dname, name, times, floors):
-    """A table row: each time followed by its ratio to the floor; then the eager times."""
+    """A table row from ``(fwd, bwd, fwd eager, bwd eager)``: each pass's GPU time (kernels) followed by
+    its ratio to the floor; then the replays between events, then the eager times."""
     fwd, bwd, fwd_eager, bwd_eager = times
-    return (shape, dname, name, fwd, fwd / floors[0], bwd, bwd / floors[1], fwd_eager, bwd_eager)
+    return (shape, dname, name, fwd.kernels, fwd.kernels / floors[0], bwd.kernels, bwd.kernels / floors[1],
+            fwd.replay, bwd.replay, fwd_eager, bwd_eager)
 
 
 def floor_row(shape, dname, floors, name="floor"):
-    return row(shape, dname, name, (*floors, *floors), floors)
+    """The floors in every column."""
+    graph_times = [GraphTime(t, t) for t in floors]
+    return row(shape, dname, name, (*graph_times, *floors), floors)
 
 
 def same_size_copy_row(shape, dname, byte_counts, floors):
-    """``same_size_copy`` of each pass's floor bytes.  (Its eager columns repeat the GPU times, as the
-    floor's do.)"""
+    """``same_size_copy`` of each pass's floor bytes.  (Its eager columns repeat the replays.)"""
     times = [same_size_copy(nbytes) for nbytes in byte_counts]
-    return row(shape, dname, "copy of the same bytes", (*times, *times), floors)
+    return row(shape, dname, "copy of the same bytes", (*times, *(t.replay for t in times)), floors)
 
 
 def cuda_ext():
@@ -206,9 +211,9 @@ def sweep():
                     except Exception as e:  # noqa: BLE001 (e.g. out of registers / shared memory)
                         print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: {type(e).__name__}")
                         continue
-                    results.append((fwd, bwd, block_t, block_c, warps))
-                    print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: fwd {fwd * 1e3:.0f} us, "
-                          f"bwd {bwd * 1e3:.0f} us", flush=True)
+                    results.append((fwd.kernels, bwd.kernels, block_t, block_c, warps))
+                    print(f"  C={channels} {dname} T={block_t} c={block_c} w={warps}: "
+                          f"fwd {fwd.kernels * 1e3:.0f} us, bwd {bwd.kernels * 1e3:.0f} us", flush=True)
             best_f = min(results)
             best_b = min(results, key=lambda r: r[1])
             print(f"BEST C={channels} {dname}: fwd T={best_f[2]} c={best_f[3]} w={best_f[4]} ({best_f[0] * 1e3:.0f} us); "
@@ -242,11 +247,11 @@ def print_table(title, rows, cols=("fwd", "bwd")):
     print(f"\n### {title}\n")
     a, b = cols
     print(f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor "
-          f"| {a} eager µs | {b} eager µs |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for shape, dname, name, fwd, fr, bwd, br, fwd_eager, bwd_eager in rows:
-        print(f"| {shape} | {dname} | {name} | {fwd * 1e3:.0f} | {fr:.2f} | {bwd * 1e3:.0f} | {br:.2f} "
-              f"| {fwd_eager * 1e3:.0f} | {bwd_eager * 1e3:.0f} |")
+          f"| {a} replay µs | {b} replay µs | {a} eager µs | {b} eager µs |")
+    print("|---|---|---|" + "---:|" * 8)
+    for shape, dname, name, *times in rows:
+        cells = " | ".join(f"{t:.2f}" if i in (1, 3) else f"{t * 1e3:.0f}" for i, t in enumerate(times))
+        print(f"| {shape} | {dname} | {name} | {cells} |")
 
 
 def main() -> None:
@@ -266,8 +271,9 @@ def main() -> None:
     print(f"\n## GPU selective scan — {props.name}, {datetime.date.today().isoformat()}")
     print(f"\ntorch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
           f"copy bandwidth {bw / 1e9:.2f} TB/s (1 GiB device-to-device copy, read + write); "
-          f"µs = median of triton.testing.do_bench (L2 flushed before each call) of the call replayed from "
-          f"a CUDA graph (GPU time); eager = the same calls from Python.")
+          f"µs = median GPU time of the call replayed from a CUDA graph, from its first kernel's start to "
+          f"its last one's end (CUPTI), L2 flushed before each call; replay = the same between CUDA "
+          f"events (graph launch latency included); eager = the same calls from Python (do_bench).")
     print_table("selective_scan (d_state 1)", rows)
     if cross:
         print_table("cross_scan / cross_merge", cross, cols=("cross_scan", "cross_merge"))
