@@ -67,7 +67,7 @@ def kernel_span(fn: Callable[[], object], calls: int = 50) -> float:
         if event is None or event.name() == _flush_l2.__name__:
             if first is not None:
                 spans.append(last - first)
-            first = None
+            first, last = None, 0
             continue
         first = event.start_ns() if first is None else first
         last = max(last, event.end_ns())

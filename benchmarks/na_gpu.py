@@ -142,9 +142,10 @@ def provider_env(name: str) -> dict:
     return {"SEGMAN_NA_BACKWARD": name.split("-", 1)[1]} if name.startswith("triton-") else {}
 
 
-def time_provider(fn, inputs) -> tuple[float, float, float, float, float, float]:
-    """ms of the forward and of forward+backward, each: from eager calls; replayed from a CUDA graph,
-    between CUDA events; and the replay's GPU time, first kernel to last (``gpu_timing``)."""
+def time_provider(fn, inputs) -> tuple[tuple[float, float], ...]:
+    """ms of (forward, forward+backward) three ways, one pair per table of ``table``: from eager calls;
+    replayed from a CUDA graph, between CUDA events; and the replay's GPU time, first kernel to last
+    (``gpu_timing``)."""
     q, k, v, rpb, _, scale = inputs
     leaves = [q, k, v, rpb]
     gout = torch.randn_like(q)
@@ -160,7 +161,8 @@ def time_provider(fn, inputs) -> tuple[float, float, float, float, float, float]
     with torch.no_grad():
         fwd_eager, fwd_graph = bench(fwd), graph_bench(fwd)
     all_graph = graph_bench(fwd_bwd)
-    return fwd_eager, bench(fwd_bwd), fwd_graph.replay, all_graph.replay, fwd_graph.kernels, all_graph.kernels
+    return ((fwd_eager, bench(fwd_bwd)), (fwd_graph.replay, all_graph.replay),
+            (fwd_graph.kernels, all_graph.kernels))
 
 
 def rel_err(a, b) -> float:
@@ -191,7 +193,8 @@ def table(args) -> None:
             for name in providers:
                 if name == "copy":
                     fwd_copy, all_copy = same_size_copy(fwd_bytes), same_size_copy(all_bytes)
-                    times[name] = (fwd_copy.replay, all_copy.replay) * 2 + (fwd_copy.kernels, all_copy.kernels)
+                    replay = (fwd_copy.replay, all_copy.replay)  # also in the eager table
+                    times[name] = (replay, replay, (fwd_copy.kernels, all_copy.kernels))
                     continue
                 fn = provider_fn(name, stage)
                 if fn is None:
@@ -207,10 +210,10 @@ def table(args) -> None:
                     out = provider_fn("triton", stage)(q, k, v, rpb, scale)
                     ref = provider_fn("torch", stage)(q, k, v, rpb, scale)
                 err = rel_err(out, ref)
-            for first, rows in zip((0, 2, 4), tables.values()):
+            for column, rows in enumerate(tables.values()):
                 for i, (pname, nbytes) in enumerate((("fwd", fwd_bytes), ("fwd+bwd", all_bytes))):
                     floor = nbytes / bw
-                    t = {name: ts[first + i] for name, ts in times.items()}
+                    t = {name: ts[column][i] for name, ts in times.items()}
                     tri, flex = t.get("triton"), t.get("flex")
                     cells = "".join(f" {_ms(t.get(p))} |" for p in providers)
                     rows.append(f"| {stage} | {dname} | {pname} |{cells} {floor:.3f} | "
