@@ -6,53 +6,35 @@ direction back to row-major order and sums, so ``<cross_scan(x), y> == <x, cross
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
 
+from . import library
 from ._checks import check_float
-from .dispatch import Backend, runs_anywhere, select
-
-
-def _torch_scan(x):
-    from .torch_backend.cross_scan import cross_scan as impl
-
-    return impl(x)
-
-
-def _torch_merge(y):
-    from .torch_backend.cross_scan import cross_merge as impl
-
-    return impl(y)
+from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
 
 
 def _triton_can_run(x) -> Optional[str]:
     if x.device.type != "cuda":
         return f"inputs are on {x.device.type}"
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         return "triton is not installed"
     from .triton_backend.cross_scan import can_run
 
     return can_run(x)
 
 
-def _triton_scan(x):
-    from .triton_backend.cross_scan import cross_scan as impl
-
-    return impl(x)
-
-
-def _triton_merge(y):
-    from .triton_backend.cross_scan import cross_merge as impl
-
-    return impl(y)
+def _runs(op, backend: str):
+    return lambda t: op(t, backend)
 
 
 # Fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
-# transposes (benchmarks/RESULTS.md, "GPU selective scan").
-SCAN_BACKENDS = [Backend("triton", _triton_can_run, _triton_scan), Backend("torch", runs_anywhere, _torch_scan)]
-MERGE_BACKENDS = [Backend("triton", _triton_can_run, _triton_merge), Backend("torch", runs_anywhere, _torch_merge)]
+# transposes (docs/performance.md).
+SCAN_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_scan_op, "triton")),
+                 Backend("torch", runs_anywhere, _runs(library.cross_scan_op, "torch"))]
+MERGE_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_merge_op, "triton")),
+                  Backend("torch", runs_anywhere, _runs(library.cross_merge_op, "torch"))]
 
 
 def cross_scan(x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

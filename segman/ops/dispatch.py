@@ -17,10 +17,13 @@ The override is either one name for every op (``"torch"``) or per op
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
+
+import torch
 
 logger = logging.getLogger("segman.ops")
 
@@ -28,6 +31,9 @@ ENV_VAR = "SEGMAN_OPS_BACKEND"
 ALL_OPS = ("selective_scan", "cross_scan", "cross_merge", "ss2d_scan", "neighborhood_attention_2d")
 
 _override: Optional[str] = None
+
+# Looked up once: torch.compile traces selection, and a module lookup there would break the graph.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 class BackendError(RuntimeError):
@@ -39,8 +45,9 @@ class Backend:
     """One implementation of an op.
 
     ``can_run(*args, **kwargs)`` returns ``None`` if the backend supports the call, else a reason.
-    ``run(*args, **kwargs)`` computes the op; it is looked up lazily so that optional
-    dependencies (triton, the CUDA extension, natten) are imported only when used.
+    ``run(*args, **kwargs)`` computes the op, through the op's ``torch.library`` custom op
+    (:mod:`segman.ops.library`), which imports optional dependencies (triton, the CUDA extension,
+    natten) only when the backend runs.
     """
 
     name: str
@@ -72,11 +79,17 @@ def _parse(spec: Optional[str], op: str) -> Optional[str]:
     return named.get(op)
 
 
+@torch.compiler.assume_constant_result
+def _environment_override() -> Optional[str]:
+    """``SEGMAN_OPS_BACKEND``; a compiled model keeps the value it was traced with."""
+    return os.environ.get(ENV_VAR)
+
+
 def forced_backend(op: str) -> Optional[str]:
     """The backend forced for ``op`` by :func:`force_backend` or ``SEGMAN_OPS_BACKEND``."""
     if _override is not None:
         return _parse(_override, op)
-    return _parse(os.environ.get(ENV_VAR), op)
+    return _parse(_environment_override(), op)
 
 
 @contextlib.contextmanager
@@ -109,11 +122,14 @@ def select(op: str, backends: Sequence[Backend], requested: Optional[str], *args
                 return backend
         raise BackendError(f"{op}: unknown backend {name!r}; choose one of {[b.name for b in backends]}")
     reasons = []
+    log = not torch.compiler.is_compiling()  # selection is traced under torch.compile: no logging there
     for backend in backends:
         reason = backend.can_run(*args, **kwargs)
         if reason is None:
-            logger.debug("%s: using backend %r", op, backend.name)
+            if log:
+                logger.debug("%s: using backend %r", op, backend.name)
             return backend
         reasons.append(f"{backend.name}: {reason}")
-        logger.debug("%s: skipping backend %r: %s", op, backend.name, reason)
+        if log:
+            logger.debug("%s: skipping backend %r: %s", op, backend.name, reason)
     raise BackendError(f"{op}: no backend can run these inputs ({'; '.join(reasons)})")

@@ -9,30 +9,29 @@ With dilation 1 this is ``clamp(i - K//2, 0, H - K)``.  The bias for key ``a`` o
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
 
+from . import library
 from ._checks import check_float, check_same, check_shape
-from .dispatch import Backend, runs_anywhere, select
-
-
-def _torch_run(*args):
-    from .torch_backend.neighborhood_attention import neighborhood_attention_2d as impl
-
-    return impl(*args)
-
+from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_MAX_HEAD_DIM = 128
 _TRITON_MAX_KERNEL_SIZE = 13
 
 
+@torch.compiler.assume_constant_result
+def _capability(device_index: int) -> tuple[int, int]:
+    """The CUDA device's compute capability (a constant to torch.compile)."""
+    return torch.cuda.get_device_capability(device_index)
+
+
 def _triton_can_run(q, k, v, kernel_size, dilation, rpb, scale) -> Optional[str]:
     if not q.is_cuda:
         return f"inputs are on {q.device.type}"
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         return "triton is not installed"
     if q.dtype not in _TRITON_DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
@@ -42,15 +41,9 @@ def _triton_can_run(q, k, v, kernel_size, dilation, rpb, scale) -> Optional[str]
         return f"head_dim {q.shape[-1]} > {_TRITON_MAX_HEAD_DIM}"
     if kernel_size > _TRITON_MAX_KERNEL_SIZE:
         return f"kernel_size {kernel_size} > {_TRITON_MAX_KERNEL_SIZE}"
-    if q.dtype == torch.bfloat16 and torch.cuda.get_device_capability(q.device) < (8, 0):
+    if q.dtype == torch.bfloat16 and _capability(q.device.index) < (8, 0):
         return "bfloat16 needs a GPU of compute capability >= 8.0"
     return None
-
-
-def _triton_run(*args):
-    from .triton_backend.neighborhood_attention import neighborhood_attention_2d as impl
-
-    return impl(*args)
 
 
 def _natten_can_run(*args) -> Optional[str]:
@@ -59,17 +52,17 @@ def _natten_can_run(*args) -> Optional[str]:
     return can_run(*args)
 
 
-def _natten_run(*args):
-    from .natten_backend.neighborhood_attention import neighborhood_attention_2d as impl
-
-    return impl(*args)
+def _run(backend: str):
+    def run(q, k, v, kernel_size, dilation, rpb, scale):
+        return library.neighborhood_attention_2d_op(q, k, v, kernel_size, dilation, rpb, scale, backend)[0]
+    return run
 
 
 # Fastest first.  natten runs only without rpb and with head dims its fused kernels take (never for
 # SegMAN's RPB attention); triton covers fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
-BACKENDS = [Backend("natten", _natten_can_run, _natten_run),
-            Backend("triton", _triton_can_run, _triton_run),
-            Backend("torch", runs_anywhere, _torch_run)]
+BACKENDS = [Backend("natten", _natten_can_run, _run("natten")),
+            Backend("triton", _triton_can_run, _run("triton")),
+            Backend("torch", runs_anywhere, _run("torch"))]
 
 
 def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,

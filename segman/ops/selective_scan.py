@@ -1,19 +1,13 @@
 """Selective scan (S6 / Mamba recurrence with K groups), SPEC §2.1-2.3."""
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
 
+from . import library
 from ._checks import check_float, check_same, check_shape
-from .dispatch import Backend, runs_anywhere, select
-
-
-def _torch_run(*args, **kwargs):
-    from .torch_backend.selective_scan import selective_scan as impl
-
-    return impl(*args, **kwargs)
+from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
 
 
 def _cuda_can_run(*args, **kwargs) -> Optional[str]:
@@ -22,33 +16,27 @@ def _cuda_can_run(*args, **kwargs) -> Optional[str]:
     return can_run(*args, **kwargs)
 
 
-def _cuda_run(*args, **kwargs):
-    from .cuda_backend.selective_scan import selective_scan as impl
-
-    return impl(*args, **kwargs)
-
-
 def _triton_can_run(u, *args, **kwargs) -> Optional[str]:
     if u.device.type != "cuda":
         return f"inputs are on {u.device.type}"
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         return "triton is not installed"
     from .triton_backend.selective_scan import can_run
 
     return can_run(u, *args, **kwargs)
 
 
-def _triton_run(*args, **kwargs):
-    from .triton_backend.selective_scan import selective_scan as impl
+def _run(backend: str):
+    def run(u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return library.selective_scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, backend)[0]
+    return run
 
-    return impl(*args, **kwargs)
 
-
-# Fastest first (benchmarks/RESULTS.md, "GPU selective scan", H100): the CUDA extension when it is
-# built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
-BACKENDS = [Backend("cuda", _cuda_can_run, _cuda_run),
-            Backend("triton", _triton_can_run, _triton_run),
-            Backend("torch", runs_anywhere, _torch_run)]
+# Fastest first (docs/performance.md): the CUDA extension when it is built (d_state <= 16; 1.1-1.3x
+# the memory floor forward), then Triton, then the reference.
+BACKENDS = [Backend("cuda", _cuda_can_run, _run("cuda")),
+            Backend("triton", _triton_can_run, _run("triton")),
+            Backend("torch", runs_anywhere, _run("torch"))]
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -13,14 +13,14 @@ and ``torch`` composes the reference backends.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
 
+from . import library
 from ._checks import check_float, check_same, check_shape
 from .cross_scan import cross_merge, cross_scan
-from .dispatch import Backend, runs_anywhere, select
+from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
 from .selective_scan import selective_scan
 
 GROUPS = 4
@@ -38,20 +38,18 @@ def _composed(scan_backend, xs_backend):
 def _triton_can_run(x, delta, A, B, C, D, delta_bias, delta_softplus) -> Optional[str]:
     if x.device.type != "cuda":
         return f"inputs are on {x.device.type}"
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         return "triton is not installed"
     from .triton_backend.selective_scan import can_run
 
     return can_run(x, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-def _triton_run(*args):
-    from .triton_backend.selective_scan import ss2d_scan as impl
-
-    return impl(*args)
+def _triton_run(x, delta, A, B, C, D, delta_bias, delta_softplus):
+    return library.ss2d_scan_op(x, delta, A, B, C, D, delta_bias, delta_softplus, "triton")[0]
 
 
-# Fastest first (benchmarks/RESULTS.md, "SS2D step", H100): the fused Triton kernel wins the forward at
+# Fastest first (docs/performance.md, "SS2D step", H100): the fused Triton kernel wins the forward at
 # small maps but loses the backward everywhere, so the unfused chain comes first.
 BACKENDS = [Backend("unfused", runs_anywhere, _composed(None, None)),
             Backend("triton", _triton_can_run, _triton_run),

@@ -11,7 +11,7 @@ convolutions (grouped too), linear/matmul/einsum, BatchNorm (2/elem in eval), La
 bilinear upsampling (4 per output element) and adaptive average pooling (1 per input element).
 This script adds handles for what fvcore does not know:
 
-* the selective scan (any backend's ``autograd.Function``): ``9·B·L·Dtot·N + B·Dtot·L``;
+* the selective scan (``segman::selective_scan`` and the fused ``segman::ss2d_scan``): ``9·B·L·Dtot·N + B·Dtot·L``;
 * neighborhood attention: ``B·n·H·W·hd·K² + B·n·H·W·K²`` (QK plus the bias) and
   ``B·n·H·W·hd·K²`` (AV);
 * ``scaled_dot_product_attention``: ``B·n·Lq·Lk·hd`` each for QKᵀ and PV, as the original einsums;
@@ -50,51 +50,24 @@ def _shape(value) -> Optional[List[int]]:
     return value.type().sizes()
 
 
-def _python_op_args(outputs: List[Any]) -> List[Any]:
-    """The positional arguments of a traced ``autograd.Function.apply`` call, in order.
-
-    A ``prim::PythonOp`` node keeps tensors as inputs and the other arguments as ``scalar_args``;
-    ``cconv`` says which is which (``d``: tensor input, ``c``: scalar).  Tensors come back as their
-    shape (a list), scalars as their value.
-    """
-    node = outputs[0].node()
-    tensors, scalars = iter(node.inputs()), iter(node.scalar_args())
-    return [_shape(next(tensors)) if kind == "d" else next(scalars) for kind in node.cconv()]
-
-
 def selective_scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """``Fn.apply(u_or_x, delta, A, B, C, ...)``: ``9·B·L·Dtot·N + B·Dtot·L`` (``Dtot`` = u's channels).
+    """``segman::selective_scan`` / ``segman::ss2d_scan(u_or_x, delta, A, B, C, ...)``:
+    ``9·B·L·Dtot·N + B·Dtot·L`` (``Dtot`` = the scanned channels).
 
-    Sizes come from ``delta`` (``(B, Dtot, L)``) and ``A`` (``(Dtot, N)``), which every backend
-    shares, including the fused SS2D function whose first input is the ``(B, C, H, W)`` map.
+    Sizes come from ``delta`` (``(B, Dtot, L)``) and ``A`` (``(Dtot, N)``), which both ops share (the
+    fused SS2D op's first input is the ``(B, C, H, W)`` map).
     """
-    args = _python_op_args(outputs)
-    (batch, channels, length), (_, n_state) = args[1], args[2]
+    (batch, channels, length), (_, n_state) = _shape(inputs[1]), _shape(inputs[2])
     return 9 * batch * length * channels * n_state + batch * channels * length
 
 
 def neighborhood_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """``Fn.apply(q, k, v, kernel_size, ...)``, q ``(B, n, H, W, hd)``: QK (+ bias) and AV products."""
-    args = _python_op_args(outputs)
-    batch, heads, height, width, head_dim = args[0]
-    kernel_size = args[3]
-    if not isinstance(kernel_size, int):
-        raise TypeError(f"neighborhood attention: expected kernel_size as the 4th argument, got {kernel_size!r}")
+    """``segman::neighborhood_attention_2d(q, k, v, kernel_size, ...)``, q ``(B, n, H, W, hd)``: QK (+ bias)
+    and AV products."""
+    batch, heads, height, width, head_dim = _shape(inputs[0])
+    kernel_size = inputs[3].toIValue()
     window = batch * heads * height * width * kernel_size ** 2
     return window * head_dim + window + window * head_dim
-
-
-def broadcast_resize_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """``aten::expand_as`` of a ``(B, C, 1, 1)`` map to ``(B, C, H, W)``: 4 per output element.
-
-    The decoder broadcasts its image-pool output where upstream bilinearly resized the 1×1 map
-    (the same values); fvcore counts that resize as 4 per output element, and so does the README.
-    Other broadcasts count nothing.
-    """
-    src, out = _shape(inputs[0]), _shape(outputs[0])
-    if src is None or out is None or len(src) != 4 or len(out) != 4 or src[2:] != [1, 1] or out[2:] == [1, 1]:
-        return 0
-    return 4 * math.prod(out)
 
 
 def addcmul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
@@ -119,16 +92,13 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return math.prod(lead) * length_q * length_k * (head_dim + head_dim_v)
 
 
-# Our ops are torch.autograd.Functions, traced as ``prim::PythonOp.<ClassName>``.  Each backend has
-# its own class (SelectiveScanFn, TritonSelectiveScanFn, CudaSelectiveScanFn, TritonSS2DFn,
-# NeighborhoodAttention2DFn, NeighborhoodAttention2DTriton, ...): a class is matched by the first
-# substring of its name found here.
-PYTHON_OP_HANDLES: Dict[str, Handle] = {
-    "SelectiveScan": selective_scan_flop_jit,
-    "SS2D": selective_scan_flop_jit,
-    "NeighborhoodAttention": neighborhood_attention_flop_jit,
-    "CrossScan": no_flop_jit,
-    "CrossMerge": no_flop_jit,
+# Our ops are torch.library custom ops (segman.ops.library), traced as ``segman::<op>`` nodes.
+SEGMAN_HANDLES: Dict[str, Handle] = {
+    "segman::selective_scan": selective_scan_flop_jit,
+    "segman::ss2d_scan": selective_scan_flop_jit,
+    "segman::neighborhood_attention_2d": neighborhood_attention_flop_jit,
+    "segman::cross_scan": no_flop_jit,
+    "segman::cross_merge": no_flop_jit,
 }
 ATEN_HANDLES: Dict[str, Handle] = {
     "aten::scaled_dot_product_attention": sdpa_flop_jit,
@@ -137,35 +107,13 @@ ATEN_HANDLES: Dict[str, Handle] = {
 }
 
 
-class _OpHandles(dict):
-    """fvcore's handle table, plus ``PYTHON_OP_HANDLES`` matched by substring of the class name."""
-
-    def _python_op_handle(self, kind: str) -> Optional[Handle]:
-        if not kind.startswith("prim::PythonOp."):
-            return None
-        pyname = kind[len("prim::PythonOp."):]
-        return next((h for key, h in PYTHON_OP_HANDLES.items() if key in pyname), None)
-
-    def __contains__(self, kind) -> bool:
-        return super().__contains__(kind) or self._python_op_handle(kind) is not None
-
-    def __getitem__(self, kind: str) -> Handle:
-        if super().__contains__(kind):
-            return super().__getitem__(kind)
-        handle = self._python_op_handle(kind)
-        if handle is None:
-            raise KeyError(kind)
-        return handle
-
-
 def flop_analysis(model: nn.Module, inputs: tuple):
     """An fvcore ``FlopCountAnalysis`` of ``model(*inputs)`` with the SegMAN handles (SPEC §7)."""
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError as exc:
         raise ImportError("get_flops needs fvcore: pip install fvcore==0.1.5.post20221221") from exc
-    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**ATEN_HANDLES)
-    analysis._op_handles = _OpHandles(analysis._op_handles)
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**ATEN_HANDLES, **SEGMAN_HANDLES)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     return analysis

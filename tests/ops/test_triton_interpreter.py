@@ -141,8 +141,14 @@ print("ok", 4)
 NA_SCRIPT = """
 import os
 import torch
-from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference
+from segman.ops.library import neighborhood_attention_2d_op
 from segman.ops.triton_backend import neighborhood_attention as tb
+
+def reference(*args):
+    return neighborhood_attention_2d_op(*args, "torch")[0]
+
+def triton_na(*args):
+    return neighborhood_attention_2d_op(*args, "triton")[0]
 
 _empty = torch.empty
 def _nan_empty(*args, **kwargs):  # every buffer the kernels should fill starts as NaN
@@ -173,7 +179,7 @@ for (batch, heads, height, width, head_dim, ks, with_rpb, tile), mode in runs:
     rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, requires_grad=True) if with_rpb else None
     leaves = [q, k, v] + ([rpb] if with_rpb else [])
     scale = head_dim ** -0.5
-    out = tb.neighborhood_attention_2d(q, k, v, ks, 1, rpb, scale)
+    out = triton_na(q, k, v, ks, 1, rpb, scale)
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, leaves, dout)
     ref = reference(q, k, v, ks, 1, rpb, scale)
@@ -212,8 +218,14 @@ print("ok", 2)
 
 AUTOTUNE_SCRIPT = """
 import torch
-from segman.ops.torch_backend.neighborhood_attention import neighborhood_attention_2d as reference
+from segman.ops.library import neighborhood_attention_2d_op
 from segman.ops.triton_backend import neighborhood_attention as tb
+
+def reference(*args):
+    return neighborhood_attention_2d_op(*args, "torch")[0]
+
+def triton_na(*args):
+    return neighborhood_attention_2d_op(*args, "triton")[0]
 
 timed = []
 def fake_gpu_ms(fn):  # runs fn like the real timer; the later a call is timed, the faster it seems
@@ -226,7 +238,7 @@ tb.candidates = lambda kind, *args: [tb.Tile(4, 2, 1, 4), tb.Tile(2, 4, 2, 2)]
 torch.manual_seed(0)
 q, k, v = (torch.randn(1, 2, 11, 13, 20, requires_grad=True) for _ in range(3))
 rpb = torch.randn(2, 9, 9, requires_grad=True)
-out = tb.neighborhood_attention_2d(q, k, v, 5, 1, rpb, 0.3)
+out = triton_na(q, k, v, 5, 1, rpb, 0.3)
 dout = torch.randn_like(out)
 grads = torch.autograd.grad(out, [q, k, v, rpb], dout)
 # Both backward paths and every kernel's candidates were timed; the fused path, timed last, won, and
@@ -245,7 +257,7 @@ print("ok", 1)
 SCAN_SCRIPT = """
 import torch
 from segman.ops import selective_scan
-from segman.ops.triton_backend import selective_scan as triton_scan
+from segman.ops.library import selective_scan_op
 
 torch.manual_seed(0)
 cases = [  # batch, groups, channels per group, length, D and delta_bias, softplus
@@ -263,7 +275,7 @@ for batch, groups, dg, length, optional, softplus in cases:
     D = torch.randn(channels, requires_grad=True) if optional else None
     bias = torch.randn(channels, requires_grad=True) if optional else None
     leaves = [t for t in (u, delta, A, B, C, D, bias) if t is not None]
-    out = triton_scan.selective_scan(u, delta, A, B, C, D, bias, softplus)
+    out = selective_scan_op(u, delta, A, B, C, D, bias, softplus, "triton")[0]
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, leaves, dout)
     ref = selective_scan(u, delta, A, B, C, D, bias, softplus, backend="torch")
@@ -277,18 +289,17 @@ print("ok", len(cases))
 SS2D_SCRIPT = """
 import torch
 from segman.ops import cross_merge, cross_scan, ss2d_scan
-from segman.ops.triton_backend import cross_scan as triton_cross
-from segman.ops.triton_backend import selective_scan as triton_scan
+from segman.ops.library import cross_merge_op, cross_scan_op, ss2d_scan_op
 
 torch.manual_seed(0)
 x = torch.randn(2, 5, 7, 9, requires_grad=True)
-out = triton_cross.cross_scan(x)
+out = cross_scan_op(x, "triton")
 dout = torch.randn_like(out)
 ref = cross_scan(x, backend="torch")
 assert torch.equal(out, ref), "cross_scan"
 assert torch.equal(torch.autograd.grad(out, x, dout)[0], torch.autograd.grad(ref, x, dout)[0]), "cross_scan grad"
 y = torch.randn(2, 4, 5, 7, 9, requires_grad=True)
-out = triton_cross.cross_merge(y)
+out = cross_merge_op(y, "triton")
 dout = torch.randn_like(out)
 ref = cross_merge(y, backend="torch")
 torch.testing.assert_close(out, ref)
@@ -302,7 +313,7 @@ A = (-(torch.rand(4 * channels, 1) + 0.1)).requires_grad_()
 B, C = (torch.randn(batch, 4, 1, length, requires_grad=True) for _ in range(2))
 D, bias = (torch.randn(4 * channels, requires_grad=True) for _ in range(2))
 leaves = [x, delta, A, B, C, D, bias]
-out = triton_scan.ss2d_scan(x, delta, A, B, C, D, bias, True)
+out = ss2d_scan_op(x, delta, A, B, C, D, bias, True, "triton")[0]
 dout = torch.randn_like(out)
 grads = torch.autograd.grad(out, leaves, dout)
 ref = ss2d_scan(x, delta, A, B, C, D, bias, True, backend="torch")

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from segman.ops import neighborhood_attention_2d, selective_scan
-from segman.ops.torch_backend.selective_scan import SelectiveScanFn
+from segman.ops import neighborhood_attention_2d, selective_scan, ss2d_scan
 
 SEG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "segmentation")
 
@@ -53,19 +52,25 @@ class TestHandles:
         got = _flops(get_flops, lambda q: neighborhood_attention_2d(q, q, q, 3), q)
         assert got == 2 * 49 * 8 * 9 + 49 * 9
 
-    @pytest.mark.parametrize("fn_class", ["SelectiveScanFn", "TritonLikeSelectiveScanFn"])
-    def test_selective_scan(self, get_flops, fn_class):
-        """Any Function whose class name contains ``SelectiveScan`` is counted (one handle per backend)."""
+    def test_selective_scan(self, get_flops):
         bt, groups, dg, n_state, length = 2, 4, 3, 2, 6
         channels = groups * dg
         u = torch.randn(bt, channels, length)
         a = -torch.rand(channels, n_state)
         bc = torch.randn(bt, groups, n_state, length)
-        fn = SelectiveScanFn if fn_class == "SelectiveScanFn" else type(fn_class, (SelectiveScanFn,), {})
-        got = _flops(get_flops, lambda u, a, bc: fn.apply(u, u, a, bc, bc, None, None, True), u, a, bc)
+        got = _flops(get_flops, lambda u, a, bc: selective_scan(u, u, a, bc, bc), u, a, bc)
         assert got == 9 * bt * length * channels * n_state + bt * channels * length
-        public = _flops(get_flops, lambda u, a, bc: selective_scan(u, u, a, bc, bc), u, a, bc)
-        assert public == got
+
+    def test_ss2d_scan_counts_its_four_directions(self, get_flops):
+        """The composed SS2D step (cross-scan, scan, cross-merge) counts as one scan over 4C channels."""
+        bt, channels, height, width = 2, 3, 4, 5
+        length = height * width
+        x = torch.randn(bt, channels, height, width)
+        delta = torch.randn(bt, 4 * channels, length)
+        a = -torch.rand(4 * channels, 1)
+        bc = torch.randn(bt, 4, 1, length)
+        got = _flops(get_flops, lambda x, d, a, bc: ss2d_scan(x, d, a, bc, bc), x, delta, a, bc)
+        assert got == 9 * bt * length * 4 * channels + bt * 4 * channels * length
 
     def test_sdpa_counts_like_einsums(self, get_flops):
         b, n, length, hd = 1, 3, 16, 8

@@ -58,31 +58,25 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.float().contiguous()
 
 
-class CudaSelectiveScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
-        ext = _load()
-        u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
-        A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
-        out, states = ext.fwd(u, delta, A32, B, C, D32, bias32, delta_softplus)
-        ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, states)
-        ctx.delta_softplus = delta_softplus
-        ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        u, delta, A32, B, C, D32, bias32, states = ctx.saved_tensors
-        dout = _last_dim_contiguous(dout.float())
-        du, ddelta, dA, dB, dC, dD, dbias = _load().bwd(u, delta, A32, B, C, D32, bias32, dout, states,
-                                                        ctx.delta_softplus)
-        a_dtype, d_dtype, bias_dtype = ctx.dtypes
-        return (du, ddelta, dA.to(a_dtype), dB, dC,
-                dD.to(d_dtype) if dD is not None else None,
-                dbias.to(bias_dtype) if dbias is not None else None, None)
+def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of the chunk states that :func:`forward` returns: ``(Bt, G*Dg, chunks, N)``."""
+    (bt, _, n_state, length), channels = B.shape, A.shape[0]
+    return (bt, channels, -(-length // _load().CHUNK), n_state), torch.float32
 
 
-def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                   delta_softplus: bool) -> torch.Tensor:
-    """Validated inputs in (see ``segman.ops.selective_scan``), ``(Bt, G*Dg, L)`` float32 out."""
-    return CudaSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+            delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated inputs in (see ``segman.ops.selective_scan``); ``(Bt, G*Dg, L)`` float32 and the
+    chunk states out."""
+    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    return tuple(_load().fwd(u, delta, _f32(A), B, C, _f32(D), _f32(delta_bias), delta_softplus))
+
+
+def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+             states: torch.Tensor, dy: torch.Tensor):
+    """``(du, ddelta, dA, dB, dC, dD, d_delta_bias)`` in the inputs' dtypes (None for absent inputs)."""
+    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    du, ddelta, dA, dB, dC, dD, dbias = _load().bwd(u, delta, _f32(A), B, C, _f32(D), _f32(delta_bias),
+                                                    _last_dim_contiguous(dy.float()), states, delta_softplus)
+    return (du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype) if dD is not None else None,
+            dbias.to(delta_bias.dtype) if dbias is not None else None)

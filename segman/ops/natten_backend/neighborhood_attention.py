@@ -81,12 +81,29 @@ def can_run(q, k, v, kernel_size, dilation, rpb, scale) -> Optional[str]:
     return None
 
 
-def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
-                              scale: float) -> torch.Tensor:
-    """Validated inputs that ``can_run`` accepted in, ``(B, heads, H, W, head_dim)`` out."""
+def _na2d(q, k, v, kernel_size: int, dilation: int, scale: float, return_lse: bool):
+    """NATTEN's ``na2d`` on our layout: ``out`` (and ``lse`` ``(B, heads, H, W)``) in our layout."""
     natten, reason = _natten()
     if reason is not None:
         raise RuntimeError(reason)
-    out = natten.na2d(_heads_last(q), _heads_last(k), _heads_last(v), kernel_size=(kernel_size, kernel_size),
-                      dilation=(dilation, dilation), scale=scale)
-    return out.permute(0, 3, 1, 2, 4)
+    result = natten.na2d(_heads_last(q), _heads_last(k), _heads_last(v), kernel_size=(kernel_size, kernel_size),
+                         dilation=(dilation, dilation), scale=scale, return_lse=return_lse)
+    if not return_lse:
+        return result.permute(0, 3, 1, 2, 4)
+    out, lse = result
+    return out.permute(0, 3, 1, 2, 4).contiguous(), lse.permute(0, 3, 1, 2).float().contiguous()
+
+
+def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
+    """Validated inputs that ``can_run`` accepted in; the output and the log-sum-exp per query out."""
+    return _na2d(q, k, v, kernel_size, dilation, scale, return_lse=True)
+
+
+def backward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float,
+             out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, rpb_grad: bool):
+    """``(dq, dk, dv, None)`` through NATTEN's own backward (it recomputes its forward: NATTEN keeps
+    its saved state inside its autograd function)."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        grads = torch.autograd.grad(_na2d(*inputs, kernel_size, dilation, scale, return_lse=False), inputs, dout)
+    return (*grads, None)

@@ -8,7 +8,8 @@ yields the relative position bias.  Memory is ``O(B*heads*H*W*R)`` with ``R`` th
 never ``(H*W)²``.  Dilation ``d > 1`` splits the map into its ``d × d`` dilation groups, each an
 ordinary neighborhood attention on its sub-map (NATTEN's rule).
 
-Computation is in float32 (float64 for float64 inputs); the output has the input dtype.
+Computation is in float32 (float64 for float64 inputs); the output has the input dtype.  The
+backward recomputes the probabilities instead of keeping them (``K²`` floats per query).
 """
 from __future__ import annotations
 
@@ -102,56 +103,76 @@ def _bias(rpb: Optional[torch.Tensor], heads: int, kernel_size: int, flat: torch
     return table[:, flat]
 
 
-class NeighborhoodAttention2DFn(torch.autograd.Function):
-    """Dilation-1 neighborhood attention; see the module docstring."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        _, n, h, w, _ = q.shape
-        rows, cols, flat = _tiling(h, w, kernel_size, q.device)
-        q_t = _to_tiles(q.to(dtype), rows, cols)
-        k_r = _to_regions(k.to(dtype), rows, cols)
-        v_r = _to_regions(v.to(dtype), rows, cols)
-        logits = torch.matmul(q_t, k_r.transpose(-1, -2)).mul_(scale).add_(_bias(rpb, n, kernel_size, flat, dtype))
-        attn = torch.softmax(logits, dim=-1)
-        out = _from_tiles(torch.matmul(attn, v_r), rows, cols, h, w)
-        ctx.save_for_backward(q, k, v, rpb, attn)
-        ctx.kernel_size, ctx.scale = kernel_size, scale
-        return out.to(q.dtype)
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, rpb, attn = ctx.saved_tensors
-        dtype = attn.dtype
-        _, n, h, w, _ = q.shape
-        rows, cols, flat = _tiling(h, w, ctx.kernel_size, q.device)
-        q_t = _to_tiles(q.to(dtype), rows, cols)
-        k_r = _to_regions(k.to(dtype), rows, cols)
-        v_r = _to_regions(v.to(dtype), rows, cols)
-        dout_t = _to_tiles(dout.to(dtype), rows, cols)
-        dattn = torch.matmul(dout_t, v_r.transpose(-1, -2))
-        dlogits = attn * (dattn - (attn * dattn).sum(-1, keepdim=True))   # softmax backward
-        dq = _from_tiles(torch.matmul(dlogits, k_r), rows, cols, h, w).mul_(ctx.scale)
-        dk = _from_regions(torch.matmul(dlogits.transpose(-1, -2), q_t), rows, cols, h, w).mul_(ctx.scale)
-        dv = _from_regions(torch.matmul(attn.transpose(-1, -2), dout_t), rows, cols, h, w)
-        drpb = None
-        if rpb is not None:  # adjoint of the bias gather, summed over the batch; the -inf slot is dropped
-            span = 2 * ctx.kernel_size - 1
-            drpb = dlogits.new_zeros(n, span * span + 1)
-            drpb.index_add_(1, flat.flatten(), dlogits.sum(0).reshape(n, -1))
-            drpb = drpb[:, :-1].view(n, span, span).to(rpb.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, drpb, None
+def _tiled(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
+    """Tiling, per-tile queries, key and value regions (compute dtype) and the attention probabilities."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    _, n, h, w, _ = q.shape
+    rows, cols, flat = _tiling(h, w, kernel_size, q.device)
+    q_t = _to_tiles(q.to(dtype), rows, cols)
+    k_r = _to_regions(k.to(dtype), rows, cols)
+    v_r = _to_regions(v.to(dtype), rows, cols)
+    logits = torch.matmul(q_t, k_r.transpose(-1, -2)).mul_(scale).add_(_bias(rpb, n, kernel_size, flat, dtype))
+    return (rows, cols, flat), q_t, k_r, v_r, logits
 
 
-def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
-                              scale: float) -> torch.Tensor:
-    """Validated inputs in, ``(B, heads, H, W, head_dim)`` out."""
+def _forward(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
+    """Dilation 1: ``(out, lse)``."""
+    (rows, cols, _), _, _, v_r, logits = _tiled(q, k, v, kernel_size, rpb, scale)
+    _, _, h, w, _ = q.shape
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    out = _from_tiles(torch.matmul(torch.softmax(logits, dim=-1), v_r), rows, cols, h, w)
+    return out.to(q.dtype), _from_tiles(lse, rows, cols, h, w)[..., 0]
+
+
+def _backward(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float, dout, rpb_grad: bool):
+    """Dilation 1: ``(dq, dk, dv, d_rpb)``; the probabilities are recomputed."""
+    (rows, cols, flat), q_t, k_r, v_r, logits = _tiled(q, k, v, kernel_size, rpb, scale)
+    _, n, h, w, _ = q.shape
+    attn = torch.softmax(logits, dim=-1)
+    dout_t = _to_tiles(dout.to(attn.dtype), rows, cols)
+    dattn = torch.matmul(dout_t, v_r.transpose(-1, -2))
+    dlogits = attn * (dattn - (attn * dattn).sum(-1, keepdim=True))   # softmax backward
+    dq = _from_tiles(torch.matmul(dlogits, k_r), rows, cols, h, w).mul_(scale)
+    dk = _from_regions(torch.matmul(dlogits.transpose(-1, -2), q_t), rows, cols, h, w).mul_(scale)
+    dv = _from_regions(torch.matmul(attn.transpose(-1, -2), dout_t), rows, cols, h, w)
+    drpb = None
+    if rpb_grad:  # adjoint of the bias gather, summed over the batch; the -inf slot is dropped
+        span = 2 * kernel_size - 1
+        drpb = dlogits.new_zeros(n, span * span + 1)
+        drpb.index_add_(1, flat.flatten(), dlogits.sum(0).reshape(n, -1))
+        drpb = drpb[:, :-1].view(n, span, span).to(rpb.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drpb
+
+
+def _groups(dilation: int):
+    """Index of each dilation group of a ``(B, n, H, W, ...)`` map (NATTEN's rule: every ``dilation``-th pixel)."""
+    return [(slice(None), slice(None), slice(gr, None, dilation), slice(gc, None, dilation))
+            for gr in range(dilation) for gc in range(dilation)]
+
+
+def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
+    """Validated inputs in; ``(B, heads, H, W, head_dim)`` and the log-sum-exp ``(B, heads, H, W)`` out."""
     if dilation == 1:
-        return NeighborhoodAttention2DFn.apply(q, k, v, kernel_size, rpb, scale)
-    out = torch.empty_like(q)
-    for gr in range(dilation):
-        for gc in range(dilation):
-            group = (slice(None), slice(None), slice(gr, None, dilation), slice(gc, None, dilation))
-            out[group] = NeighborhoodAttention2DFn.apply(q[group], k[group], v[group], kernel_size, rpb, scale)
-    return out
+        out, lse = _forward(q, k, v, kernel_size, rpb, scale)
+        return out.contiguous(), lse.contiguous()
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:4], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                      device=q.device)
+    for group in _groups(dilation):
+        out[group], lse[group] = _forward(q[group], k[group], v[group], kernel_size, rpb, scale)
+    return out, lse
+
+
+def backward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float,
+             out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, rpb_grad: bool):
+    """``(dq, dk, dv, d_rpb)``; ``d_rpb`` is None unless ``rpb_grad``."""
+    if dilation == 1:
+        return _backward(q, k, v, kernel_size, rpb, scale, dout, rpb_grad)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    drpb = torch.zeros_like(rpb) if rpb_grad else None
+    for group in _groups(dilation):
+        dq[group], dk[group], dv[group], part = _backward(q[group], k[group], v[group], kernel_size, rpb, scale,
+                                                          dout[group], rpb_grad)
+        if rpb_grad:
+            drpb += part
+    return dq, dk, dv, drpb

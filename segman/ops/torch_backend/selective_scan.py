@@ -1,12 +1,12 @@
-"""Reference selective scan (SPEC §2.2-2.3) as an autograd Function with an explicit backward.
+"""Reference selective scan: forward and an explicit backward (the adjoint recurrence).
 
 Shapes (``G`` groups of ``Dg`` channels, ``N`` states, ``L`` steps, ``Bt`` batch)::
 
     u, delta: (Bt, G*Dg, L)    A: (G*Dg, N)    B, C: (Bt, G, N, L)    D, delta_bias: (G*Dg,)
 
 Everything is computed in float32 (float64 when any input is float64) and the output has that
-dtype.  Forward saves the hidden states ``h`` (``Bt*G*Dg*N*L`` values); backward runs the adjoint
-recurrence with the same stable chunked scan.
+dtype.  Forward returns the hidden states ``h`` (``Bt*G*Dg*N*L`` values) for the backward, which
+runs the adjoint recurrence with the same stable chunked scan.
 """
 from __future__ import annotations
 
@@ -28,67 +28,69 @@ def _step_sizes(delta, delta_bias, softplus: bool, dtype) -> tuple[torch.Tensor,
     return raw, (F.softplus(raw) if softplus else raw)
 
 
-class SelectiveScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
-        dtype = torch.float64 if torch.float64 in {t.dtype for t in (u, A, B, C)} else torch.float32
-        bt, channels, length = u.shape
-        groups, n_state = B.shape[1], A.shape[1]
-        dg = channels // groups
-        uf = u.to(dtype)
-        raw, dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
-        Af = A.to(dtype).view(groups, dg, n_state, 1)
-        decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)              # (Bt, G, Dg, N, L)
-        drive = (dt * uf).view(bt, groups, dg, 1, length) * B.to(dtype).unsqueeze(2)
-        h = linear_scan(decay, drive)                                           # (Bt, G, Dg, N, L)
-        y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype)).reshape(bt, channels, length)
-        if D is not None:
-            y = y + D.to(dtype)[:, None] * uf
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, h)
-        ctx.delta_softplus = delta_softplus
-        ctx.compute_dtype = dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias, h = ctx.saved_tensors
-        dtype = ctx.compute_dtype
-        bt, channels, length = u.shape
-        groups, n_state = B.shape[1], A.shape[1]
-        dg = channels // groups
-        dy = dy.to(dtype)
-        uf = u.to(dtype)
-        raw, dt = _step_sizes(delta, delta_bias, ctx.delta_softplus, dtype)
-        Af = A.to(dtype).view(groups, dg, n_state, 1)
-        Bf = B.to(dtype)
-        Cf = C.to(dtype)
-        dy5 = dy.view(bt, groups, dg, 1, length)
-        decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)  # recomputed, not saved
-
-        dC = torch.einsum("bgcnl,bgcl->bgnl", h, dy5.squeeze(3))
-        g = dy5 * Cf.unsqueeze(2)                                          # dL/dh_t, direct part
-        a_next = F.pad(decay[..., 1:], (0, 1))
-        dh = reverse_linear_scan(a_next, g)                                # (Bt, G, Dg, N, L)
-        h_prev = F.pad(h[..., :-1], (1, 0))
-        d_log_decay = dh * h_prev * decay                                  # dL/d(dt*A)
-        dA = torch.einsum("bgcnl,bgcl->gcn", d_log_decay, dt.view(bt, groups, dg, length))
-        dt_u = (dt * uf).view(bt, groups, dg, length)
-        dB = torch.einsum("bgcnl,bgcl->bgnl", dh, dt_u)
-        dh_B = torch.einsum("bgcnl,bgnl->bgcl", dh, Bf).reshape(bt, channels, length)
-        ddt = (d_log_decay * Af).sum(3).reshape(bt, channels, length) + dh_B * uf
-        du = dh_B * dt
-        dD = None
-        if D is not None:
-            du = du + D.to(dtype)[:, None] * dy
-            dD = (dy * uf).sum((0, 2)).to(D.dtype)
-        if ctx.delta_softplus:
-            ddt = ddt * torch.where(raw > SOFTPLUS_THRESHOLD, torch.ones_like(raw), torch.sigmoid(raw))
-        d_bias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (du.to(u.dtype), ddt.to(delta.dtype), dA.reshape(channels, n_state).to(A.dtype),
-                dB.to(B.dtype), dC.to(C.dtype), dD, d_bias, None)
+def _compute_dtype(u, A, B, C) -> torch.dtype:
+    return torch.float64 if torch.float64 in {t.dtype for t in (u, A, B, C)} else torch.float32
 
 
-def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                   delta_softplus: bool) -> torch.Tensor:
-    """Validated inputs in, ``(Bt, G*Dg, L)`` float32/float64 out."""
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of the hidden states that :func:`forward` returns: ``(Bt, G, Dg, N, L)``."""
+    (bt, groups, n_state, length), channels = B.shape, A.shape[0]
+    return (bt, groups, channels // groups, n_state, length), _compute_dtype(u, A, B, C)
+
+
+def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+            delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated inputs in; ``y`` ``(Bt, G*Dg, L)`` float32/float64 and the hidden states ``h`` out."""
+    dtype = _compute_dtype(u, A, B, C)
+    bt, channels, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    dg = channels // groups
+    uf = u.to(dtype)
+    raw, dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
+    Af = A.to(dtype).view(groups, dg, n_state, 1)
+    decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)              # (Bt, G, Dg, N, L)
+    drive = (dt * uf).view(bt, groups, dg, 1, length) * B.to(dtype).unsqueeze(2)
+    h = linear_scan(decay, drive).contiguous()                              # (Bt, G, Dg, N, L)
+    y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype)).reshape(bt, channels, length)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * uf
+    return y.contiguous(), h
+
+
+def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+             h: torch.Tensor, dy: torch.Tensor):
+    """``(du, ddelta, dA, dB, dC, dD, d_delta_bias)`` in the inputs' dtypes (None for absent inputs)."""
+    dtype = h.dtype
+    bt, channels, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    dg = channels // groups
+    dy = dy.to(dtype)
+    uf = u.to(dtype)
+    raw, dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
+    Af = A.to(dtype).view(groups, dg, n_state, 1)
+    Bf = B.to(dtype)
+    Cf = C.to(dtype)
+    dy5 = dy.view(bt, groups, dg, 1, length)
+    decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)  # recomputed, not saved
+
+    dC = torch.einsum("bgcnl,bgcl->bgnl", h, dy5.squeeze(3))
+    g = dy5 * Cf.unsqueeze(2)                                          # dL/dh_t, direct part
+    a_next = F.pad(decay[..., 1:], (0, 1))
+    dh = reverse_linear_scan(a_next, g)                                # (Bt, G, Dg, N, L)
+    h_prev = F.pad(h[..., :-1], (1, 0))
+    d_log_decay = dh * h_prev * decay                                  # dL/d(dt*A)
+    dA = torch.einsum("bgcnl,bgcl->gcn", d_log_decay, dt.view(bt, groups, dg, length))
+    dt_u = (dt * uf).view(bt, groups, dg, length)
+    dB = torch.einsum("bgcnl,bgcl->bgnl", dh, dt_u)
+    dh_B = torch.einsum("bgcnl,bgnl->bgcl", dh, Bf).reshape(bt, channels, length)
+    ddt = (d_log_decay * Af).sum(3).reshape(bt, channels, length) + dh_B * uf
+    du = dh_B * dt
+    dD = None
+    if D is not None:
+        du = du + D.to(dtype)[:, None] * dy
+        dD = (dy * uf).sum((0, 2)).to(D.dtype)
+    if delta_softplus:
+        ddt = ddt * torch.where(raw > SOFTPLUS_THRESHOLD, torch.ones_like(raw), torch.sigmoid(raw))
+    d_bias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+    return (du.to(u.dtype), ddt.to(delta.dtype), dA.reshape(channels, n_state).to(A.dtype),
+            dB.to(B.dtype), dC.to(C.dtype), dD, d_bias)

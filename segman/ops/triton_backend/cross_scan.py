@@ -101,7 +101,7 @@ def _launch(kernel, t: torch.Tensor, out: torch.Tensor, batch: int, channels: in
     kernel[grid](t, out, channels, height, width, *strides, TILE=tile, num_warps=4)
 
 
-def cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` (any strides) → ``(B, 4, C, H*W)`` contiguous."""
     batch, channels, height, width = x.shape
     out = torch.empty(batch, 4, channels, height * width, device=x.device, dtype=x.dtype)
@@ -110,7 +110,7 @@ def cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def cross_merge_fwd(y: torch.Tensor) -> torch.Tensor:
+def cross_merge(y: torch.Tensor) -> torch.Tensor:
     """``(B, 4, C, H, W)`` → ``(B, C, H*W)`` contiguous, in y's dtype (summed in fp32)."""
     batch, _, channels, height, width = y.shape
     if y.stride(4) != 1 or y.stride(3) != width:  # each direction must be one flat sequence
@@ -121,30 +121,6 @@ def cross_merge_fwd(y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class CrossScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        return cross_scan_fwd(x)
-
-    @staticmethod
-    def backward(ctx, dy):
-        batch, channels, height, width = ctx.shape
-        return cross_merge_fwd(dy.reshape(batch, 4, channels, height, width)).view(batch, channels, height, width)
-
-
-class CrossMergeFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y):
-        ctx.shape = y.shape
-        return cross_merge_fwd(y)
-
-    @staticmethod
-    def backward(ctx, dx):
-        batch, _, channels, height, width = ctx.shape
-        return cross_scan_fwd(dx.reshape(batch, channels, height, width)).view(batch, 4, channels, height, width)
-
-
 def can_run(x: torch.Tensor) -> Optional[str]:
     if x.device.type != "cuda":
         return f"inputs are on {x.device.type}"
@@ -152,12 +128,3 @@ def can_run(x: torch.Tensor) -> Optional[str]:
         return "float64 is not supported (float32/float16/bfloat16 only)"
     return None
 
-
-def cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` → ``(B, 4, C, L)``."""
-    return CrossScanFn.apply(x)
-
-
-def cross_merge(y: torch.Tensor) -> torch.Tensor:
-    """``(B, 4, C, H, W)`` → ``(B, C, L)``."""
-    return CrossMergeFn.apply(y)

@@ -1136,27 +1136,17 @@ def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dt
     return BACKWARDS[mode](*args)
 
 
-class NeighborhoodAttention2DTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        table = bias_table(rpb, kernel_size, q.device)
-        o, lse = _forward(q, k, v, table, kernel_size, scale)
-        ctx.save_for_backward(q, k, v, table, o, lse)
-        ctx.kernel_size, ctx.scale = kernel_size, scale
-        ctx.rpb_dtype = rpb.dtype if rpb is not None else None
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, table, o, lse = ctx.saved_tensors
-        rpb_dtype = ctx.rpb_dtype if ctx.needs_input_grad[4] else None
-        dq, dk, dv, drpb = _backward(q, k, v, table, o, lse, do, ctx.kernel_size, ctx.scale, rpb_dtype)
-        return dq, dk, dv, None, drpb, None
-
-
-def neighborhood_attention_2d(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor],
-                              scale: float) -> torch.Tensor:
-    """Validated inputs in (see ``can_run`` in ``segman.ops.neighborhood_attention``), output out."""
+def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
+    """Validated inputs in (see ``can_run`` in ``segman.ops.neighborhood_attention``); the output and the
+    softmax's log-sum-exp per query ``(B, heads, H, W)`` float32 out."""
     assert dilation == 1, "the triton backend supports dilation 1 only"
-    return NeighborhoodAttention2DTriton.apply(q, k, v, kernel_size, rpb, scale)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    return _forward(q, k, v, bias_table(rpb, kernel_size, q.device), kernel_size, scale)
+
+
+def backward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float,
+             out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, rpb_grad: bool):
+    """``(dq, dk, dv, d_rpb)``; ``d_rpb`` is None unless ``rpb_grad``."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    table = bias_table(rpb, kernel_size, q.device)
+    return _backward(q, k, v, table, out, lse, dout, kernel_size, scale, rpb.dtype if rpb_grad else None)

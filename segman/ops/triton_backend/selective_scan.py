@@ -289,7 +289,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Autograd wrapper
+# Launchers (segman.ops.library registers them as custom ops with autograd)
 # --------------------------------------------------------------------------------------------------
 
 def _forward(u, delta, A, B, C, D, delta_bias, softplus: bool, hw: Optional[tuple[int, int]] = None):
@@ -353,38 +353,40 @@ def _backward(u, delta, A, B, C, D, delta_bias, states, dy, softplus: bool, fwd_
             dD.sum(0) if D is not None else None, dbias.sum(0) if delta_bias is not None else None)
 
 
-class TritonSelectiveScanFn(torch.autograd.Function):
-    """The scan of ``u`` ``(Bt, G*Dg, L)``.  With ``hw = (H, W)`` the fused SS2D step instead: ``u`` is
-    the ``(Bt, Dg, H, W)`` map, cross-scan runs in the scan's loads and cross-merge in its stores (and
-    the mirror image in backward), and the merged ``(Bt, Dg, H*W)`` comes out.  fp32 out either way."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, hw: Optional[tuple[int, int]]):
-        u = u.contiguous() if hw is not None else _last_dim_contiguous(u)
-        delta, B, C = (_last_dim_contiguous(t) for t in (delta, B, C))
-        A = A.contiguous()
-        D = D.contiguous() if D is not None else None
-        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-        y, states, block_t = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, hw)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
-        ctx.delta_softplus, ctx.block_t, ctx.hw = delta_softplus, block_t, hw
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
-        dy = _last_dim_contiguous(dy)
-        du, ddelta, dA, dB, dC, dD, dbias = _backward(u, delta, A, B, C, D, delta_bias, states, dy,
-                                                      ctx.delta_softplus, ctx.block_t, ctx.hw)
-        return (du.view(u.shape).to(u.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.to(D.dtype) if dD is not None else None,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None)
+def _prepare(u, delta, A, B, C, D, delta_bias, cross: bool):
+    """The inputs as the kernels read them: the scanned dims contiguous (the whole map when ``cross``)."""
+    u = u.contiguous() if cross else _last_dim_contiguous(u)
+    delta, B, C = (_last_dim_contiguous(t) for t in (delta, B, C))
+    return (u, delta, A.contiguous(), B, C, D.contiguous() if D is not None else None,
+            delta_bias.contiguous() if delta_bias is not None else None)
 
 
-def ss2d_scan(x, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-              delta_softplus: bool) -> torch.Tensor:
-    """Validated inputs in (see ``segman.ops.ss2d_scan``), ``(Bt, Dg, H*W)`` float32 out."""
-    return TritonSelectiveScanFn.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, (x.shape[2], x.shape[3]))
+def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of the chunk states that :func:`forward` returns: ``(Bt, G*Dg, N, chunks)``."""
+    (bt, groups, n_state, length), channels = B.shape, A.shape[0]
+    _, block_t, _ = _config("fwd", channels // groups, length)
+    return (bt, channels, n_state, triton.cdiv(length, block_t)), torch.float32
+
+
+def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+            delta_softplus: bool, hw: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated inputs in (see ``segman.ops.selective_scan``); ``(Bt, G*Dg, L)`` float32 and the chunk
+    states out.  With ``hw = (H, W)`` the fused SS2D step instead (see :func:`_forward`)."""
+    y, states, _ = _forward(*_prepare(u, delta, A, B, C, D, delta_bias, hw is not None), delta_softplus, hw)
+    return y, states
+
+
+def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+             states: torch.Tensor, dy: torch.Tensor, hw: Optional[tuple[int, int]] = None):
+    """``(du, ddelta, dA, dB, dC, dD, d_delta_bias)`` in the inputs' dtypes (None for absent inputs)."""
+    u, delta, A, B, C, D, delta_bias = _prepare(u, delta, A, B, C, D, delta_bias, hw is not None)
+    length = delta.shape[-1]
+    _, block_t, _ = _config("fwd", delta.shape[1] // B.shape[1], length)  # the chunks of the saved states
+    du, ddelta, dA, dB, dC, dD, dbias = _backward(u, delta, A, B, C, D, delta_bias, states,
+                                                  _last_dim_contiguous(dy), delta_softplus, block_t, hw)
+    return (du.view(u.shape).to(u.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD.to(D.dtype) if dD is not None else None,
+            dbias.to(delta_bias.dtype) if dbias is not None else None)
 
 
 def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> Optional[str]:
@@ -394,9 +396,3 @@ def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> 
     if any(t is not None and t.dtype == torch.float64 for t in (u, A, B, C, D, delta_bias)):
         return "float64 is not supported (float32/float16/bfloat16 only)"
     return None
-
-
-def selective_scan(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                   delta_softplus: bool) -> torch.Tensor:
-    """Validated inputs in (see ``segman.ops.selective_scan``), ``(Bt, G*Dg, L)`` float32 out."""
-    return TritonSelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, None)
