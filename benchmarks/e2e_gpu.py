@@ -1,0 +1,242 @@
+"""End-to-end GPU speed of SegMAN against SegFormer, as a user trains and deploys them.
+
+Each model runs at 512×512 under bf16 autocast, eagerly and compiled:
+
+* training: forward, logits resized bilinearly to the 512² label (as mmseg does), cross-entropy
+  (ignore index 255), backward and a fused AdamW step; ``train16`` and ``train4`` (the paper's batch per
+  GPU) are the batch sizes;
+* inference: forward and the resize of the logits to the input, under ``torch.inference_mode``;
+  ``infer16`` (throughput) and ``infer1`` (latency);
+* modes: ``eager``; ``compile`` (``torch.compile(fullgraph=True)`` of the forward and loss, the
+  optimizer step eager); ``compile-cg`` (the same with ``mode="reduce-overhead"``: Inductor replays
+  CUDA graphs); ``cuda_graph`` (SegMAN only: the encoder's own CUDA-graph training).
+
+SegMAN-T/S come from ``segman.models.SegMAN`` (150 classes, the ADE20K heads), SegFormer-B0/B2 from HF
+``transformers`` (``SegformerForSemanticSegmentation`` built from its config: the benchmark needs no
+weights).  ``transformers`` is a benchmark-only dependency.
+
+Printed and written to ``benchmarks/results/e2e_gpu.md`` (overwritten): img/s (median of
+``--repeats`` timings of ``--steps`` steps each, CUDA events), peak allocated memory, and each SegMAN
+row's ratio to the best mode of its SegFormer peer for the same work (img/s over img/s; for ``infer1``,
+latency ≤ the peer's is a ratio ≥ 1).
+
+Usage: python benchmarks/e2e_gpu.py [--models segman_s segformer_b2] [--modes eager compile]
+       [--work train16 train4 infer16 infer1] [--profile segman_s:compile:train16]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+SIZE = 512
+NUM_CLASSES = 150
+IGNORE_INDEX = 255
+PEERS = {"segman_t": "segformer_b0", "segman_s": "segformer_b2"}
+WORK = {"train16": ("train", 16), "train4": ("train", 4), "infer16": ("infer", 16), "infer1": ("infer", 1)}
+MODES = ("eager", "compile", "compile-cg", "cuda_graph")
+RESULTS = Path(__file__).resolve().parent / "results" / "e2e_gpu.md"
+
+# SegFormer configurations (Xie et al., 2021), as in HF transformers' nvidia/mit-b0 and mit-b2
+SEGFORMER = {
+    "segformer_b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "segformer_b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768),
+}
+
+
+def build(name: str, mode: str) -> torch.nn.Module:
+    """The model on the GPU, as a module whose ``forward(img)`` returns logits."""
+    if name.startswith("segman_"):
+        from segman.models import SegMAN
+
+        return SegMAN(name[-1], num_classes=NUM_CLASSES, cuda_graph=mode == "cuda_graph").cuda()
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(num_labels=NUM_CLASSES, **SEGFORMER[name])
+    model = SegformerForSemanticSegmentation(config).cuda()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, img):
+            return self.model(pixel_values=img).logits
+
+    return Logits()
+
+
+def _loss(model, img, label):
+    logits = F.interpolate(model(img), size=label.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
+
+
+def _predict(model, img):
+    return F.interpolate(model(img), size=img.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _compiled(fn: Callable, mode: str) -> Callable:
+    if mode == "compile":
+        return torch.compile(fn, fullgraph=True, dynamic=False)
+    if mode == "compile-cg":
+        return torch.compile(fn, fullgraph=True, dynamic=False, mode="reduce-overhead")
+    return fn
+
+
+def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Callable[[], None]:
+    """One training or inference step on fixed random data."""
+    img = torch.randn(batch, 3, SIZE, SIZE, device="cuda")
+    if kind == "train":
+        model.train()
+        label = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device="cuda")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, fused=True)
+        loss_fn = _compiled(_loss, mode)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = loss_fn(model, img, label)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+    model.eval()
+    predict = _compiled(_predict, mode)
+
+    def step():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            predict(model, img)
+    return step
+
+
+def time_step(step: Callable[[], None], steps: int, repeats: int, warmup: int) -> float:
+    """Median ms per step over ``repeats`` timings of ``steps`` consecutive steps."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times)
+
+
+def measure(name: str, mode: str, work: str, args) -> Optional[dict]:
+    kind, batch = WORK[work]
+    if mode == "cuda_graph" and (not name.startswith("segman_") or kind != "train"):
+        return None
+    torch._dynamo.reset()
+    torch.cuda.empty_cache()
+    torch.manual_seed(0)
+    model = build(name, mode)
+    step = make_step(model, kind, mode, batch)
+    torch.cuda.reset_peak_memory_stats()
+    ms = time_step(step, args.steps, args.repeats, args.warmup)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    del model, step
+    return dict(model=name, mode=mode, work=work, ms=ms, img_s=batch * 1000 / ms, peak_gib=peak)
+
+
+def profile(spec: str, args) -> None:
+    """Top GPU kernels of one ``model:mode:work`` step (torch.profiler)."""
+    name, mode, work = spec.split(":")
+    kind, batch = WORK[work]
+    torch._dynamo.reset()
+    model = build(name, mode)
+    step = make_step(model, kind, mode, batch)
+    time_step(step, 2, 1, args.warmup)
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events) / 3 / 1000
+    count = sum(e.count for e in events) / 3
+    print(f"\nprofile {spec}: {total:.1f} ms of GPU kernels per step in {count:.0f} launches")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:args.profile_top]:
+        print(f"  {e.self_device_time_total / 3 / 1000:8.2f} ms  {e.count // 3:5d}x  {e.key[:110]}")
+
+
+def environment() -> str:
+    props = torch.cuda.get_device_properties(0)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    commit = os.environ.get("SEGMAN_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        cwd=Path(__file__).parent).stdout.strip() or "?"
+    return (f"{props.name}, driver {driver}, torch {torch.__version__}, Triton {triton_version}, "
+            f"commit {commit}, {datetime.date.today().isoformat()}")
+
+
+def table(rows: list[dict]) -> str:
+    best = {}
+    for r in rows:
+        key = (r["model"], r["work"])
+        best[key] = max(best.get(key, 0.0), r["img_s"])
+    lines = ["| model | mode | work | ms/step | img/s | peak GiB | ÷ peer's best |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        peer = best.get((PEERS.get(r["model"]), r["work"]))
+        ratio = f"{r['img_s'] / peer:.2f}×" if peer else ""
+        lines.append(f"| {r['model']} | {r['mode']} | {r['work']} | {r['ms']:.2f} | {r['img_s']:.1f} | "
+                     f"{r['peak_gib']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["segman_s", "segformer_b2", "segman_t", "segformer_b0"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "compile", "compile-cg"], choices=MODES)
+    parser.add_argument("--work", nargs="+", default=list(WORK), choices=list(WORK))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--profile", nargs="*", default=[], help="model:mode:work to profile after the table")
+    parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("e2e_gpu.py needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = True
+    torch._dynamo.config.cache_size_limit = 64
+    env = environment()
+    print(env, flush=True)
+    rows = []
+    for name in args.models:
+        for work in args.work:
+            for mode in args.modes:
+                row = measure(name, mode, work, args)
+                if row is not None:
+                    rows.append(row)
+                    print(f"{name:13s} {mode:10s} {work:8s} {row['ms']:8.2f} ms {row['img_s']:8.1f} img/s "
+                          f"{row['peak_gib']:5.1f} GiB", flush=True)
+    text = table(rows)
+    print("\n" + text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(f"# End to end: SegMAN against SegFormer (`benchmarks/e2e_gpu.py`)\n\n{env}; "
+                           f"512×512, bf16 autocast, median of {args.repeats} × {args.steps} steps.\n\n{text}\n")
+    for spec in args.profile:
+        profile(spec, args)
+
+
+if __name__ == "__main__":
+    main()
