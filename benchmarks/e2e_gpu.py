@@ -7,9 +7,10 @@ Each model runs at 512×512 under bf16 autocast, eagerly and compiled:
   GPU) are the batch sizes;
 * inference: forward and the resize of the logits to the input, under ``torch.inference_mode``;
   ``infer16`` (throughput) and ``infer1`` (latency);
-* modes: ``eager``; ``compile`` (``torch.compile(fullgraph=True)`` of the forward and loss, the
-  optimizer step eager); ``compile-cg`` (the same with ``mode="reduce-overhead"``: Inductor replays
-  CUDA graphs); ``cuda_graph`` (SegMAN only: the encoder's own CUDA-graph training).
+* modes: ``eager``; ``compile`` (``torch.compile(fullgraph=True)``: SegMAN block by block with
+  ``segman.models.compile_regions`` plus the resize and loss, SegFormer whole; the optimizer step
+  eager); ``compile-cg`` (the same with ``mode="reduce-overhead"``: Inductor replays CUDA graphs);
+  ``cuda_graph`` (SegMAN only: the encoder's own CUDA-graph training).
 
 SegMAN-T/S come from ``segman.models.SegMAN`` (150 classes, the ADE20K heads), SegFormer-B0/B2 from HF
 ``transformers`` (``SegformerForSemanticSegmentation`` built from its config: the benchmark needs no
@@ -31,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -61,44 +63,56 @@ def build(name: str, mode: str) -> torch.nn.Module:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     config = SegformerConfig(num_labels=NUM_CLASSES, **SEGFORMER[name])
-    model = SegformerForSemanticSegmentation(config).cuda()
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, img):
-            return self.model(pixel_values=img).logits
-
-    return Logits()
+    return Logits(SegformerForSemanticSegmentation(config)).cuda()
 
 
-def _loss(model, img, label):
-    logits = F.interpolate(model(img), size=label.shape[-2:], mode="bilinear", align_corners=False)
+class Logits(torch.nn.Module):
+    """A HF segmentation model as ``img -> logits``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=img).logits
+
+
+def _resized_loss(logits, label):
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
     return F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
 
 
-def _predict(model, img):
-    return F.interpolate(model(img), size=img.shape[-2:], mode="bilinear", align_corners=False)
+def _resized(logits, size):
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+COMPILE_OPTIONS = {"compile": {}, "compile-cg": {"mode": "reduce-overhead"}}
 
 
 def _compiled(fn: Callable, mode: str) -> Callable:
-    if mode == "compile":
-        return torch.compile(fn, fullgraph=True, dynamic=False)
-    if mode == "compile-cg":
-        return torch.compile(fn, fullgraph=True, dynamic=False, mode="reduce-overhead")
+    if mode in COMPILE_OPTIONS:
+        return torch.compile(fn, fullgraph=True, dynamic=False, **COMPILE_OPTIONS[mode])
     return fn
 
 
 def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Callable[[], None]:
-    """One training or inference step on fixed random data."""
+    """One training or inference step on fixed random data.  Compiled SegMAN compiles its blocks
+    (``segman.models.compile_regions``) and, separately, the resize and loss; SegFormer compiles whole."""
     img = torch.randn(batch, 3, SIZE, SIZE, device="cuda")
+    if mode in COMPILE_OPTIONS and not isinstance(model, Logits):
+        from segman.models import compile_regions
+
+        compile_regions(model, **COMPILE_OPTIONS[mode])
+        loss_head, resize = _compiled(_resized_loss, mode), _compiled(_resized, mode)
+        loss_fn = lambda model, img, label: loss_head(model(img), label)  # noqa: E731
+        predict = lambda model, img: resize(model(img), img.shape[-2:])  # noqa: E731
+    else:
+        loss_fn = _compiled(lambda model, img, label: _resized_loss(model(img), label), mode)
+        predict = _compiled(lambda model, img: _resized(model(img), img.shape[-2:]), mode)
     if kind == "train":
         model.train()
         label = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device="cuda")
         optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, fused=True)
-        loss_fn = _compiled(_loss, mode)
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -108,7 +122,6 @@ def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Calla
             optimizer.zero_grad(set_to_none=True)
         return step
     model.eval()
-    predict = _compiled(_predict, mode)
 
     def step():
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -116,8 +129,13 @@ def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Calla
     return step
 
 
-def time_step(step: Callable[[], None], steps: int, repeats: int, warmup: int) -> float:
-    """Median ms per step over ``repeats`` timings of ``steps`` consecutive steps."""
+def time_step(step: Callable[[], None], steps: int, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median ms per step over ``repeats`` timings of ``steps`` consecutive steps, seconds of the
+    first step: compilation and autotuning)."""
+    first = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - first
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -130,7 +148,7 @@ def time_step(step: Callable[[], None], steps: int, repeats: int, warmup: int) -
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / steps)
-    return statistics.median(times)
+    return statistics.median(times), first
 
 
 def measure(name: str, mode: str, work: str, args) -> Optional[dict]:
@@ -143,10 +161,10 @@ def measure(name: str, mode: str, work: str, args) -> Optional[dict]:
     model = build(name, mode)
     step = make_step(model, kind, mode, batch)
     torch.cuda.reset_peak_memory_stats()
-    ms = time_step(step, args.steps, args.repeats, args.warmup)
+    ms, first_s = time_step(step, args.steps, args.repeats, args.warmup)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     del model, step
-    return dict(model=name, mode=mode, work=work, ms=ms, img_s=batch * 1000 / ms, peak_gib=peak)
+    return dict(model=name, mode=mode, work=work, ms=ms, img_s=batch * 1000 / ms, peak_gib=peak, first_s=first_s)
 
 
 def profile(spec: str, args) -> None:
@@ -156,7 +174,7 @@ def profile(spec: str, args) -> None:
     torch._dynamo.reset()
     model = build(name, mode)
     step = make_step(model, kind, mode, batch)
-    time_step(step, 2, 1, args.warmup)
+    time_step(step, 1, 1, args.warmup)
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -192,12 +210,13 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         key = (r["model"], r["work"])
         best[key] = max(best.get(key, 0.0), r["img_s"])
-    lines = ["| model | mode | work | ms/step | img/s | peak GiB | ÷ peer's best |", "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | mode | work | ms/step | img/s | peak GiB | first step s | ÷ peer's best |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         peer = best.get((PEERS.get(r["model"]), r["work"]))
         ratio = f"{r['img_s'] / peer:.2f}×" if peer else ""
         lines.append(f"| {r['model']} | {r['mode']} | {r['work']} | {r['ms']:.2f} | {r['img_s']:.1f} | "
-                     f"{r['peak_gib']:.1f} | {ratio} |")
+                     f"{r['peak_gib']:.1f} | {r['first_s']:.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -221,13 +240,13 @@ def main(argv=None) -> None:
     print(env, flush=True)
     rows = []
     for name in args.models:
-        for work in args.work:
-            for mode in args.modes:
+        for mode in args.modes:
+            for work in args.work:
                 row = measure(name, mode, work, args)
                 if row is not None:
                     rows.append(row)
                     print(f"{name:13s} {mode:10s} {work:8s} {row['ms']:8.2f} ms {row['img_s']:8.1f} img/s "
-                          f"{row['peak_gib']:5.1f} GiB", flush=True)
+                          f"{row['peak_gib']:5.1f} GiB  first step {row['first_s']:.0f} s", flush=True)
     text = table(rows)
     print("\n" + text)
     if not args.no_write:

@@ -4,7 +4,7 @@ on random inputs with odd sizes, batch > 1 and non-contiguous views."""
 import pytest
 import torch
 
-from ops_testing import backend_device_params
+from ops_testing import backend_device_params, skip_if_backend_declines
 from segman.ops import library
 
 
@@ -40,7 +40,9 @@ def _scan_args(backend, device, optional):
 @pytest.mark.parametrize("optional", [True, False], ids=["D-bias-softplus", "plain"])
 @pytest.mark.parametrize("backend,device", backend_device_params("selective_scan"))
 def test_selective_scan(backend, device, optional):
-    torch.library.opcheck(library.selective_scan_op, _scan_args(backend, device, optional))
+    args = _scan_args(backend, device, optional)
+    skip_if_backend_declines("selective_scan", backend, *args[:8])
+    torch.library.opcheck(library.selective_scan_op, args)
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params("ss2d", "BACKENDS"))
@@ -80,6 +82,7 @@ def test_neighborhood_attention(backend, device, dilation, with_rpb):
     q, k, v = (_leaf(batch, heads, height, width, head_dim, device=device, dtype=dtype) for _ in range(3))
     rpb = _leaf(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, device=device, dtype=dtype) if with_rpb else None
     args = (_strided(q), k, v, kernel_size, dilation, rpb, head_dim ** -0.5, backend)
+    skip_if_backend_declines("neighborhood_attention", backend, *args[:7])
     torch.library.opcheck(library.neighborhood_attention_2d_op, args)
 
 
