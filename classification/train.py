@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
-from segman.models import CheckpointError, load_checkpoint_file
+from segman.models import COMPILE_MODES, CheckpointError, compile_regions, load_checkpoint_file
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 
 import timm_compat
@@ -86,6 +86,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
     group.add_argument("--cuda-graph", action="store_true",
                        help="replay the model's training forward and backward from CUDA graphs (fixed batch shape)")
+    group.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE", choices=COMPILE_MODES,
+                       help="torch.compile the model's blocks (segman.models.compile_regions) with this "
+                            "torch.compile mode (default: 'default'): faster GPU steps after a first step that compiles")
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--batch-size", "-b", type=int, default=None, help="images per GPU (default: the variant's)")
@@ -258,6 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log("warning: SyncBN needs GPUs; BatchNorm stays per process on the CPU")
+    if args.compile:
+        compile_regions(model, mode=args.compile)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     eps=args.opt_eps, betas=tuple(args.opt_betas))
     loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None

@@ -5,7 +5,7 @@ Importing this package registers the encoders with timm, so
 """
 from .checkpoint import (CheckpointError, checkpoint_filter_fn, extract_state_dict, load_encoder_checkpoint,
                          load_segmentor_checkpoint, load_checkpoint_file)
-from .compile import compile_regions
+from .compile import COMPILE_MODES, compile_regions
 from .decoder import MMSCDecoder, MMSCFusion, VSSMBlock
 from .encoder import VARIANTS, SegMANEncoder, segman_encoder, variant_config
 from .segmentor import DECODER_SETTINGS, SegMAN
@@ -14,5 +14,5 @@ __all__ = [
     "SegMANEncoder", "VARIANTS", "segman_encoder", "variant_config",
     "MMSCFusion", "MMSCDecoder", "VSSMBlock", "SegMAN", "DECODER_SETTINGS",
     "CheckpointError", "load_checkpoint_file", "extract_state_dict", "checkpoint_filter_fn",
-    "load_encoder_checkpoint", "load_segmentor_checkpoint", "compile_regions",
+    "load_encoder_checkpoint", "load_segmentor_checkpoint", "compile_regions", "COMPILE_MODES",
 ]

@@ -17,6 +17,9 @@ from .decoder import MMSCDecoder, VSSMBlock
 from .encoder import Block
 
 REGIONS = (Block, VSSMBlock, MMSCDecoder)
+# torch.compile's modes, as the tools' ``--compile MODE`` offers them; "reduce-overhead" replays the
+# compiled blocks from CUDA graphs (for small batches, where launching kernels bounds the step)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def compile_regions(model: nn.Module, **options: Any) -> nn.Module:

@@ -32,8 +32,9 @@ ALL_OPS = ("selective_scan", "cross_scan", "cross_merge", "ss2d_scan", "neighbor
 
 _override: Optional[str] = None
 
-# Looked up once: torch.compile traces selection, and a module lookup there would break the graph.
+# Looked up once: torch.compile traces selection, and a failed import there would break the graph.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA_EXTENSION = importlib.util.find_spec("segman_selective_scan") is not None
 
 
 class BackendError(RuntimeError):

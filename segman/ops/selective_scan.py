@@ -7,11 +7,14 @@ import torch
 
 from . import library
 from ._checks import check_float, check_same, check_shape
-from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
+from .dispatch import HAS_CUDA_EXTENSION, HAS_TRITON, Backend, runs_anywhere, select
 
 
 def _cuda_can_run(*args, **kwargs) -> Optional[str]:
-    from .cuda_backend.selective_scan import can_run
+    from .cuda_backend.selective_scan import INSTALL_HINT, can_run
+
+    if not HAS_CUDA_EXTENSION:
+        return INSTALL_HINT
 
     return can_run(*args, **kwargs)
 

@@ -15,7 +15,7 @@ import torch
 from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401  (registration)
-from segman.models import CheckpointError, load_checkpoint_file, load_segmentor_checkpoint
+from segman.models import CheckpointError, compile_regions, load_checkpoint_file, load_segmentor_checkpoint
 from segman_mmseg.config_checks import load_config
 
 ImageLike = Union[str, np.ndarray]
@@ -45,13 +45,18 @@ def build_segmentor_from_checkpoint(cfg: Config, checkpoint: str, classes: Optio
     return model
 
 
-def load_segmentor(config: Union[str, Config], checkpoint: str, device: str = 'cpu') -> torch.nn.Module:
-    """A segmentor in eval mode on ``device``, ready for :func:`predict`."""
+def load_segmentor(config: Union[str, Config], checkpoint: str, device: str = 'cpu',
+                   compile: Optional[str] = None) -> torch.nn.Module:
+    """A segmentor in eval mode on ``device``, ready for :func:`predict`.  ``compile``: a
+    ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` for CUDA-graph replay, ...) to compile
+    its blocks with (:func:`segman.models.compile_regions`; once per input size), or None."""
     from mmcv.cnn.utils import revert_sync_batchnorm
 
     cfg = load_config(config) if isinstance(config, str) else config.copy()
     model = revert_sync_batchnorm(build_segmentor_from_checkpoint(cfg, checkpoint))
     model.cfg = cfg  # mmseg's inference_segmentor reads the test pipeline from here
+    if compile is not None:
+        compile_regions(model, mode=compile)
     return model.to(device).eval()
 
 

@@ -25,6 +25,8 @@ from typing import List, Optional
 
 import torch
 
+from segman.models import COMPILE_MODES, compile_regions
+
 DEFAULT_SHAPE = (512, 512)
 CITYSCAPES_SHAPE = (1024, 2048)
 
@@ -40,6 +42,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=200, help="images to time (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed images first (default 20)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        choices=COMPILE_MODES,
+                        help="torch.compile the SegMAN blocks (segman.models.compile_regions) with this "
+                             "torch.compile mode (default: 'default'; 'reduce-overhead' replays CUDA graphs) "
+                             "before timing")
     args = parser.parse_args(argv)
     if args.images < 1 or args.batch < 1 or args.warmup < 0:
         parser.error("--images and --batch must be >= 1 and --warmup >= 0")
@@ -94,6 +101,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, model = build_model(args.config, args.checkpoint, device)
+    if args.compile:
+        compile_regions(model, mode=args.compile)
     if args.shape is None:
         is_cityscapes = "cityscapes" in str(cfg.get("dataset_type", "")).lower()
         shape = CITYSCAPES_SHAPE if is_cityscapes else DEFAULT_SHAPE

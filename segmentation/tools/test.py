@@ -22,6 +22,7 @@ from mmcv.utils import DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
 from segman_mmseg.config_checks import check_config, load_config
+from segman.models import COMPILE_MODES, compile_regions
 from segman_mmseg.inference import build_segmentor_from_checkpoint
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
@@ -42,6 +43,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gpu-id", type=int, default=0, help="GPU for non-distributed testing")
     parser.add_argument("--gpu-collect", action="store_true", help="gather results on GPU in distributed tests")
     parser.add_argument("--tmpdir", help="temporary folder for collecting distributed results")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        choices=COMPILE_MODES,
+                        help="torch.compile the SegMAN blocks (segman.models.compile_regions) with this "
+                             "torch.compile mode (default: 'default'; 'reduce-overhead' replays CUDA graphs); each new image "
+                             "size compiles once more, so it pays off with fixed-size test pipelines")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, help="override config keys")
     parser.add_argument("--eval-options", nargs="+", action=DictAction, default={}, help="dataset.evaluate() kwargs")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -90,6 +96,8 @@ def main() -> None:
     data_loader = build_dataloader(dataset, **loader_cfg)
 
     model = build_segmentor_from_checkpoint(cfg, args.checkpoint, dataset.CLASSES, dataset.PALETTE)
+    if args.compile:
+        compile_regions(model, mode=args.compile)
     if cfg.get("fp16") is not None:
         wrap_fp16_model(model)
 

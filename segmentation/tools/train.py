@@ -24,6 +24,7 @@ from mmcv.runner import get_dist_info, init_dist
 from mmcv.utils import DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
+from segman.models import COMPILE_MODES, compile_regions
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman_mmseg.config_checks import check_config, load_config, report_batch_size
 
@@ -44,6 +45,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay the backbone's forward and backward from CUDA graphs (SegMAN-S "
                              "steps 2.6x faster at 4 crops per GPU, see README)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        choices=COMPILE_MODES,
+                        help="torch.compile the SegMAN blocks (segman.models.compile_regions) with this "
+                             "torch.compile mode (default: 'default'; 'reduce-overhead' replays CUDA graphs): "
+                             "about 1.5x faster GPU steps after a first step that compiles; see README")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override config keys, e.g. data.samples_per_gpu=2 runner.max_iters=1000")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -116,6 +122,8 @@ def main() -> None:
             leave_to_graphs(model.cuda())
     else:
         model = revert_sync_batchnorm(model)  # SyncBN needs a process group
+    if args.compile:
+        compile_regions(model, mode=args.compile)
     logger.info(model)
 
     datasets = [build_dataset(cfg.data.train)]

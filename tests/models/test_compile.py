@@ -55,25 +55,33 @@ def _max_rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
-def _rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm().clamp_min(1e-12))
+def _gradient(model) -> torch.Tensor:
+    """All parameter gradients as one float64 vector."""
+    return torch.cat([p.grad.double().flatten() for p in model.parameters()])
+
+
+def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).norm() / expected.norm())
 
 
 def test_compiled_training_step_equals_eager():
+    """Loss, gradients and BatchNorm statistics of one compiled step against eager and a float64 step.
+
+    Inductor reorders float32 sums, so the compiled gradient must be as close to the float64 one as
+    eager's is (compared as one vector: biases followed by BatchNorm have a true gradient of zero)."""
     eager = _segmentor(**SMALL).train()
-    compiled = copy.deepcopy(eager)
+    compiled, exact = copy.deepcopy(eager), copy.deepcopy(eager).double()
     image, label = _batch()
-    step = torch.compile(_loss, fullgraph=True)
-    loss = step(compiled, image, label)
+    loss = torch.compile(_loss, fullgraph=True)(compiled, image, label)
     loss.backward()
     reference = _loss(eager, image, label)
     reference.backward()
+    _loss(exact, image.double(), label).backward()
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
-        assert q.grad is not None and torch.isfinite(q.grad).all(), name
-        # float32 sums reordered by Inductor, through every layer and training-mode BatchNorm
-        assert _rel_l2(q.grad, p.grad) < 1e-3, f"{name}: gradient differs by {_rel_l2(q.grad, p.grad):.1e}"
-        assert _max_rel(q.grad, p.grad) < 1e-2, f"{name}: gradient differs by {_max_rel(q.grad, p.grad):.1e}"
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in compiled.parameters())
+    truth = _gradient(exact)
+    compiled_error, eager_error = _rel(_gradient(compiled), truth), _rel(_gradient(eager), truth)
+    assert compiled_error < max(4 * eager_error, 1e-5), (compiled_error, eager_error)
     for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):  # BatchNorm statistics
         torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -86,3 +94,26 @@ def test_compiled_inference_equals_eager():
         reference = model(image)
     assert out.shape == (2, 5, INPUT // 8, INPUT // 8)
     assert _max_rel(out, reference) < 1e-4
+
+
+def test_compile_regions_compiles_each_block_in_place():
+    """Every encoder block and the decoder are compiled (the decoder's SSM block with it); the keys and
+    the outputs stay those of the plain model."""
+    from segman.models import MMSCDecoder, VSSMBlock, compile_regions
+    from segman.models.encoder import Block
+
+    model = _segmentor(**SMALL).eval()
+    keys = list(model.state_dict())
+    image, _ = _batch()
+    with torch.no_grad():
+        reference = model(image)
+        assert compile_regions(model, backend="eager") is model
+        out = model(image)
+    compiled = {type(m) for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert compiled == {Block, MMSCDecoder}
+    assert getattr(model.decode_head.vssm, "_compiled_call_impl", None) is None  # compiled inside the decoder
+    assert isinstance(model.decode_head.vssm, VSSMBlock)
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(out, reference)
+    with pytest.raises(ValueError, match="holds no SegMAN block"):
+        compile_regions(torch.nn.Linear(2, 2))

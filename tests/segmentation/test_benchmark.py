@@ -33,3 +33,21 @@ def test_cpu_tiny_two_images(benchmark_tool, in_seg_dir, capsys):
 def test_missing_config(benchmark_tool, in_seg_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         benchmark_tool.main(["local_configs/segman/tiny/nope.py", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("flag,mode", [(["--compile"], "default"), (["--compile", "reduce-overhead"], "reduce-overhead")])
+def test_compile_flag_compiles_the_blocks(benchmark_tool, in_seg_dir, monkeypatch, flag, mode):
+    """``--compile [MODE]`` hands the model to ``compile_regions`` with the mode; dynamo's eager backend
+    stands in for Inductor here (the same tracing, no code generation)."""
+    from segman.models import compile_regions
+
+    modes = []
+
+    def traced_eagerly(model, mode):
+        modes.append(mode)
+        return compile_regions(model, backend="eager")
+
+    monkeypatch.setattr(benchmark_tool, "compile_regions", traced_eagerly)
+    result = benchmark_tool.main(["local_configs/segman/tiny/segman_t_ade.py", "--device", "cpu", "--shape", "256",
+                                  "--images", "1", "--warmup", "1", *flag])
+    assert modes == [mode] and result["images"] == 1
