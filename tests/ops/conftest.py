@@ -19,6 +19,16 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _private_tuning_file(monkeypatch, tmp_path):
+    """Autotuning results go to a fresh folder: none read from earlier runs, none left behind."""
+    monkeypatch.setenv("SEGMAN_CACHE_DIR", str(tmp_path))
+    tuned = sys.modules.get("segman.ops.triton_backend.neighborhood_attention")
+    if tuned is not None:
+        monkeypatch.setattr(tuned, "_STORED", None)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _no_backend_override(monkeypatch):
     """Tests see automatic backend selection unless they set an override themselves."""
     monkeypatch.delenv("SEGMAN_OPS_BACKEND", raising=False)

@@ -58,12 +58,17 @@ Precision: products accumulate in fp32; fp16/bf16 probabilities are rounded to v
 
 Tiles are picked per (head_dim, kernel size, dtype) by a narrow autotuner over a few candidates,
 timed on the GPU by CUDA-graph replay (``SEGMAN_NA_TRITON_AUTOTUNE=0`` uses the first candidate and
-the split backward; ``SEGMAN_NA_BACKWARD=split|fused`` forces a backward).
+the split backward; ``SEGMAN_NA_BACKWARD=split|fused`` forces a backward).  The picks are kept per GPU
+model and Triton version in ``~/.cache/segman/na_triton_tuning.json`` (``$SEGMAN_CACHE_DIR``), so
+later runs on the machine skip the timing and the compilation of the candidates they do not use.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import tempfile
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -797,6 +802,52 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
 
 _TUNED: dict = {}
 _FORCED: dict = {}
+CACHE_FILE = "na_triton_tuning.json"
+_STORED: Optional[dict] = None  # the tuning file's entries, read once
+
+
+def _cache_path() -> str:
+    """Where tuning results are kept: ``$SEGMAN_CACHE_DIR`` or ``~/.cache/segman``."""
+    root = os.environ.get("SEGMAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "segman")
+    return os.path.join(root, CACHE_FILE)
+
+
+def _cache_key(key: tuple) -> str:
+    """A tuning key as text, with what its result depends on beyond the shapes: GPU and Triton."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return "|".join(map(str, (device, f"triton {triton.__version__}", *key)))
+
+
+def _stored(key: tuple):
+    """The result tuned for ``key`` by an earlier run on this machine, or None."""
+    global _STORED
+    if _STORED is None:
+        path = _cache_path()
+        try:
+            with open(path) as f:
+                _STORED = json.load(f)
+        except FileNotFoundError:
+            _STORED = {}
+        except (OSError, ValueError) as exc:  # unreadable or not JSON: tune again, and rewrite it
+            warnings.warn(f"ignoring the neighborhood-attention tuning file {path} ({exc})")
+            _STORED = {}
+    return _STORED.get(_cache_key(key))
+
+
+def _store(key: tuple, value) -> None:
+    """Keeps a tuning result for later runs: the whole file is rewritten and renamed into place, so
+    concurrent writers (ranks of one job) never leave a partial file."""
+    _stored(key)
+    _STORED[_cache_key(key)] = value
+    path = _cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(_STORED, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: the result still serves this process
+        warnings.warn(f"could not write the neighborhood-attention tuning file {path} ({exc})")
 
 
 def autotune_enabled() -> bool:
@@ -847,6 +898,10 @@ def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, width:
     if not autotune_enabled() or len(tiles) == 1:
         _TUNED[key] = tiles[0]
         return tiles[0]
+    stored = _stored(("tile", *key))
+    if stored is not None and Tile(*stored) in tiles:
+        _TUNED[key] = Tile(*stored)
+        return _TUNED[key]
     times = []
     for tile in tiles:
         try:
@@ -855,6 +910,7 @@ def _pick(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype, width:
             times.append(float("inf"))
     best = tiles[min(range(len(tiles)), key=times.__getitem__)]
     _TUNED[key] = best
+    _store(("tile", *key), list(best))
     return best
 
 
@@ -1124,7 +1180,12 @@ def backward_mode(kernel_size: int, head_dim: int, dtype: torch.dtype, width: in
         return "split"
     key = (kernel_size, head_dim, dtype, key_run(MAX_TW, kernel_size, width), rpb_grad)
     if key not in _MODES:
-        _MODES[key] = min(BACKWARDS, key=lambda mode: _gpu_ms(lambda: run(mode)))
+        stored = _stored(("backward", *key))
+        if stored in BACKWARDS:
+            _MODES[key] = stored
+        else:
+            _MODES[key] = min(BACKWARDS, key=lambda mode: _gpu_ms(lambda: run(mode)))
+            _store(("backward", *key), _MODES[key])
     return _MODES[key]
 
 
