@@ -29,15 +29,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from gpu_timing import step_time
 
 SIZE = 512
 NUM_CLASSES = 150
@@ -129,28 +129,6 @@ def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Calla
     return step
 
 
-def time_step(step: Callable[[], None], steps: int, repeats: int, warmup: int) -> tuple[float, float]:
-    """(median ms per step over ``repeats`` timings of ``steps`` consecutive steps, seconds of the
-    first step: compilation and autotuning)."""
-    first = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - first
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / steps)
-    return statistics.median(times), first
-
-
 def measure(name: str, mode: str, work: str, args) -> Optional[dict]:
     kind, batch = WORK[work]
     if mode == "cuda_graph" and (not name.startswith("segman_") or kind != "train"):
@@ -161,7 +139,7 @@ def measure(name: str, mode: str, work: str, args) -> Optional[dict]:
     model = build(name, mode)
     step = make_step(model, kind, mode, batch)
     torch.cuda.reset_peak_memory_stats()
-    ms, first_s = time_step(step, args.steps, args.repeats, args.warmup)
+    ms, first_s = step_time(step, args.steps, args.repeats, args.warmup)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     del model, step
     return dict(model=name, mode=mode, work=work, ms=ms, img_s=batch * 1000 / ms, peak_gib=peak, first_s=first_s)
@@ -174,7 +152,7 @@ def profile(spec: str, args) -> None:
     torch._dynamo.reset()
     model = build(name, mode)
     step = make_step(model, kind, mode, batch)
-    time_step(step, 1, 1, args.warmup)
+    step_time(step, 1, 1, args.warmup)
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:

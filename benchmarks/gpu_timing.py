@@ -1,4 +1,7 @@
-"""Timing helpers shared by the GPU benchmarks (``na_gpu.py``, ``scan_gpu.py``).
+"""Timing helpers shared by the GPU benchmarks (``na_gpu.py``, ``scan_gpu.py``, ``model_gpu.py``,
+``e2e_gpu.py``).
+
+``step_time`` times whole training or inference steps, back to back as a training loop runs them.
 
 ``bench`` times an eager call; ``graph_bench`` replays the call from a CUDA graph, which leaves
 out the host work (Python, argument handling, launches) and measures what the GPU spends; at
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+import time
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -23,6 +27,28 @@ from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 FLUSH_BYTES = 256 * 2 ** 20
+
+
+def step_time(step: Callable[[], object], steps: int, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median ms per step over ``repeats`` timings of ``steps`` consecutive steps, CUDA events; seconds
+    of the first step, which compiles and autotunes), after ``warmup`` more untimed steps."""
+    first = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - first
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times), first
 
 
 def bench(fn: Callable[[], object]) -> float:

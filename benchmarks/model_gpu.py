@@ -41,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from gpu_timing import step_time
 from segman.models import SegMAN
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman.ops import force_backend
@@ -59,22 +60,8 @@ def train_step(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, 
 
 def step_ms(model: torch.nn.Module, img: torch.Tensor, target: torch.Tensor, dtype, warmup: int,
             steps: int) -> float:
-    """Median milliseconds of ``train_step``."""
-    def step():
-        train_step(model, img, target, dtype)
-
-    for _ in range(warmup):  # compiles and autotunes the Triton kernels
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of ``train_step``, each step timed alone."""
+    return step_time(lambda: train_step(model, img, target, dtype), 1, steps, max(warmup - 1, 0))[0]
 
 
 def build(variant: str, graphed: bool) -> torch.nn.Module:

@@ -70,6 +70,19 @@ def neighborhood_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> in
     return window * head_dim + window + window * head_dim
 
 
+def broadcast_resize_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """``aten::expand_as`` of a ``(B, C, 1, 1)`` map to ``(B, C, H, W)``: 4 per output element.
+
+    The decoder broadcasts its image-pool output where upstream bilinearly resized the 1×1 map
+    (the same values); fvcore counts that resize as 4 per output element, and so does the README.
+    Other broadcasts count nothing.
+    """
+    src, out = _shape(inputs[0]), _shape(outputs[0])
+    if src is None or out is None or len(src) != 4 or len(out) != 4 or src[2:] != [1, 1] or out[2:] == [1, 1]:
+        return 0
+    return 4 * math.prod(out)
+
+
 def addcmul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """``aten::addcmul``: one multiply-add per output element.
 
