@@ -1,6 +1,6 @@
-"""``torch.compile`` of SegMAN-T and -S on the GPU (bf16 autocast): compiled, and compiled with CUDA-graph
-replay (``mode="reduce-overhead"``), give eager's logits, loss and gradients within bf16 tolerance.
-Skipped without CUDA."""
+"""``torch.compile`` of SegMAN-T and -S on the GPU (bf16 autocast), block by block as the tools compile
+it (``compile_regions``): compiled, and compiled with CUDA-graph replay (``mode="reduce-overhead"``),
+give eager's logits, loss and gradients within bf16 tolerance.  Skipped without CUDA."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segman.models import SegMAN
+from segman.models import SegMAN, compile_regions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-MODES = {"compile": {}, "compile-cg": {"mode": "reduce-overhead"}}
+MODES = ("default", "reduce-overhead")
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +26,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def _loss(model, img, label):
+def _gradient(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def _resized_loss(logits, label):
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, label)
+
+
+def _loss(model, img, label, loss_fn=_resized_loss):
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = F.interpolate(model(img), size=label.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, label)
+        return loss_fn(model(img), label)
 
 
 def _model(variant: str) -> SegMAN:
@@ -37,34 +45,33 @@ def _model(variant: str) -> SegMAN:
     return SegMAN(variant, num_classes=19, dropout_ratio=0.0).cuda()
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("variant", ["t", "s"])
 def test_compiled_training_matches_eager(variant, mode):
     eager = _model(variant).train()
-    compiled = copy.deepcopy(eager)
+    compiled = compile_regions(copy.deepcopy(eager), mode=mode)
     img = torch.randn(2, 3, 256, 320, device="cuda")
     label = torch.randint(0, 19, (2, 256, 320), device="cuda")
-    step = torch.compile(_loss, fullgraph=True, **MODES[mode])
+    loss_fn = torch.compile(_resized_loss, fullgraph=True, mode=mode)
     for _ in range(3):  # reduce-overhead records on the second call and replays from the third
         compiled.zero_grad(set_to_none=True)
-        loss = step(compiled, img, label)
+        loss = _loss(compiled, img, label, loss_fn)
         loss.backward()
     reference = _loss(eager, img, label)
     reference.backward()
     assert abs(float(loss) - float(reference)) < 2e-2 * abs(float(reference))
-    worst = max((_rel(q.grad, p.grad), name) for (name, p), q in zip(eager.named_parameters(), compiled.parameters())
-                if p.grad is not None and p.grad.norm() > 0)
-    assert worst[0] < 0.1, f"gradient of {worst[1]} differs by {worst[0]:.2e}"
+    # one vector: biases followed by BatchNorm have a true gradient of zero, so per tensor they are noise
+    assert _rel(_gradient(compiled), _gradient(eager)) < 5e-2
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("variant", ["t", "s"])
 def test_compiled_inference_matches_eager(variant, mode):
     model = _model(variant).eval()
     img = torch.randn(1, 3, 512, 512, device="cuda")
-    predict = torch.compile(model, fullgraph=True, **MODES[mode])
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         reference = model(img).float()
+        compile_regions(model, mode=mode)
         for _ in range(3):
-            out = predict(img).float()
+            out = model(img).float().clone()
     assert _rel(out, reference) < 2e-2
