@@ -1,10 +1,10 @@
 """``torch.compile`` for SegMAN models, one repeated block at a time.
 
 The whole model traces as one graph with no break (``torch.compile(model, fullgraph=True)`` works), but
-Inductor then compiles every block of every stage on its own: over five minutes for a SegMAN-S
-training step on an H100.  The blocks of a stage have one structure and one input shape, so compiling
-each block module instead (regional compilation) compiles one graph per stage and reuses it for the
-stage's other blocks (105 s for that step).  The glue inside the blocks (norms, activations, RoPE,
+Inductor then compiles every block of every stage on its own.  The blocks of a stage have one
+structure and one input shape, so compiling each block module instead (regional compilation) compiles
+one graph per stage and reuses it for the stage's other blocks (105 s for the first SegMAN-S training
+step on an H100).  The glue inside the blocks (norms, activations, RoPE,
 layout changes, elementwise ops) is fused all the same; only fusion across block boundaries is lost.
 """
 from __future__ import annotations
