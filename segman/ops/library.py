@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .torch_backend.selective_scan import compute_dtype  # the scans' output dtype, whichever backend
+
 NAMESPACE = "segman"
 
 # op -> backend -> module under segman.ops holding that backend's forward/backward
@@ -47,11 +49,6 @@ def kernels(op: str, backend: str) -> ModuleType:
         raise ValueError(f"{NAMESPACE}::{op} has no kernels for backend {backend!r} "
                          f"(known: {sorted(KERNEL_MODULES.get(op, {}))})") from None
     return importlib.import_module(f"segman.ops.{path}")
-
-
-def scan_dtype(*tensors: Tensor) -> torch.dtype:
-    """The scans' output dtype: float64 if any of ``u/x, A, B, C`` is float64, else float32."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _present(*tensors: Optional[Tensor]) -> list[Tensor]:
@@ -78,7 +75,7 @@ def _define_scan(op: str, out_shape):
     @forward.register_fake
     def _(u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
         shape, dtype = kernels(op, backend).states_meta(u, A, B, C)
-        return u.new_empty(out_shape(u, B), dtype=scan_dtype(u, A, B, C)), u.new_empty(shape, dtype=dtype)
+        return u.new_empty(out_shape(u, B), dtype=compute_dtype(u, A, B, C)), u.new_empty(shape, dtype=dtype)
 
     @torch.library.custom_op(f"{NAMESPACE}::{op}_backward", mutates_args=())
     def backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -204,5 +201,3 @@ def _na_grad(ctx, dout, _dlse):
 
 
 neighborhood_attention_2d_op.register_autograd(_na_grad, setup_context=_na_setup_context)
-
-OPS = (selective_scan_op, ss2d_scan_op, cross_scan_op, cross_merge_op, neighborhood_attention_2d_op)

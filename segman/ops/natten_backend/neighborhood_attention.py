@@ -91,7 +91,7 @@ def _na2d(q, k, v, kernel_size: int, dilation: int, scale: float, return_lse: bo
     if not return_lse:
         return result.permute(0, 3, 1, 2, 4)
     out, lse = result
-    return out.permute(0, 3, 1, 2, 4).contiguous(), lse.permute(0, 3, 1, 2).float().contiguous()
+    return out.permute(0, 3, 1, 2, 4), lse.permute(0, 3, 1, 2).float()
 
 
 def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):

@@ -104,7 +104,7 @@ def _bias(rpb: Optional[torch.Tensor], heads: int, kernel_size: int, flat: torch
 
 
 def _tiled(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
-    """Tiling, per-tile queries, key and value regions (compute dtype) and the attention probabilities."""
+    """Tiling, per-tile queries, key and value regions (compute dtype) and the logits."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     _, n, h, w, _ = q.shape
     rows, cols, flat = _tiling(h, w, kernel_size, q.device)
@@ -120,7 +120,7 @@ def _forward(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: floa
     (rows, cols, _), _, _, v_r, logits = _tiled(q, k, v, kernel_size, rpb, scale)
     _, _, h, w, _ = q.shape
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    out = _from_tiles(torch.matmul(torch.softmax(logits, dim=-1), v_r), rows, cols, h, w)
+    out = _from_tiles(torch.matmul(torch.exp(logits - lse), v_r), rows, cols, h, w)  # softmax from lse
     return out.to(q.dtype), _from_tiles(lse, rows, cols, h, w)[..., 0]
 
 
@@ -153,8 +153,7 @@ def _groups(dilation: int):
 def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
     """Validated inputs in; ``(B, heads, H, W, head_dim)`` and the log-sum-exp ``(B, heads, H, W)`` out."""
     if dilation == 1:
-        out, lse = _forward(q, k, v, kernel_size, rpb, scale)
-        return out.contiguous(), lse.contiguous()
+        return _forward(q, k, v, kernel_size, rpb, scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:4], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
                       device=q.device)

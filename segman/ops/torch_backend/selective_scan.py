@@ -28,20 +28,21 @@ def _step_sizes(delta, delta_bias, softplus: bool, dtype) -> tuple[torch.Tensor,
     return raw, (F.softplus(raw) if softplus else raw)
 
 
-def _compute_dtype(u, A, B, C) -> torch.dtype:
+def compute_dtype(u, A, B, C) -> torch.dtype:
+    """float64 if any of ``u, A, B, C`` is float64, else float32 (also the output dtype)."""
     return torch.float64 if torch.float64 in {t.dtype for t in (u, A, B, C)} else torch.float32
 
 
 def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
     """Shape and dtype of the hidden states that :func:`forward` returns: ``(Bt, G, Dg, N, L)``."""
     (bt, groups, n_state, length), channels = B.shape, A.shape[0]
-    return (bt, groups, channels // groups, n_state, length), _compute_dtype(u, A, B, C)
+    return (bt, groups, channels // groups, n_state, length), compute_dtype(u, A, B, C)
 
 
 def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
             delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs in; ``y`` ``(Bt, G*Dg, L)`` float32/float64 and the hidden states ``h`` out."""
-    dtype = _compute_dtype(u, A, B, C)
+    dtype = compute_dtype(u, A, B, C)
     bt, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     dg = channels // groups
@@ -50,11 +51,11 @@ def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[t
     Af = A.to(dtype).view(groups, dg, n_state, 1)
     decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)              # (Bt, G, Dg, N, L)
     drive = (dt * uf).view(bt, groups, dg, 1, length) * B.to(dtype).unsqueeze(2)
-    h = linear_scan(decay, drive).contiguous()                              # (Bt, G, Dg, N, L)
+    h = linear_scan(decay, drive)                                           # (Bt, G, Dg, N, L)
     y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype)).reshape(bt, channels, length)
     if D is not None:
         y = y + D.to(dtype)[:, None] * uf
-    return y.contiguous(), h
+    return y, h
 
 
 def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,

@@ -818,8 +818,8 @@ def _cache_key(key: tuple) -> str:
     return "|".join(map(str, (device, f"triton {triton.__version__}", *key)))
 
 
-def _stored(key: tuple):
-    """The result tuned for ``key`` by an earlier run on this machine, or None."""
+def _tuning_file() -> dict:
+    """The tuning file's entries (read on first use; empty if there is none or it is unreadable)."""
     global _STORED
     if _STORED is None:
         path = _cache_path()
@@ -831,20 +831,25 @@ def _stored(key: tuple):
         except (OSError, ValueError) as exc:  # unreadable or not JSON: tune again, and rewrite it
             warnings.warn(f"ignoring the neighborhood-attention tuning file {path} ({exc})")
             _STORED = {}
-    return _STORED.get(_cache_key(key))
+    return _STORED
+
+
+def _stored(key: tuple):
+    """The result tuned for ``key`` by an earlier run on this machine, or None."""
+    return _tuning_file().get(_cache_key(key))
 
 
 def _store(key: tuple, value) -> None:
     """Keeps a tuning result for later runs: the whole file is rewritten and renamed into place, so
     concurrent writers (ranks of one job) never leave a partial file."""
-    _stored(key)
-    _STORED[_cache_key(key)] = value
+    entries = _tuning_file()
+    entries[_cache_key(key)] = value
     path = _cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump(_STORED, f, indent=0, sort_keys=True)
+            json.dump(entries, f, indent=0, sort_keys=True)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only home: the result still serves this process
         warnings.warn(f"could not write the neighborhood-attention tuning file {path} ({exc})")
