@@ -2,7 +2,8 @@
 
 Each model runs at 512×512 under bf16 autocast, eagerly and compiled:
 
-* training: forward, logits resized bilinearly to the 512² label (as mmseg does), cross-entropy
+* training: forward, logits resized bilinearly to the 512² label (as mmseg does: SegFormer with
+  ``F.interpolate``, SegMAN with ``segman.ops.bilinear_resize`` as its mmseg head does), cross-entropy
   (ignore index 255), backward and a fused AdamW step; ``train16`` and ``train4`` (the paper's batch per
   GPU) are the batch sizes;
 * inference: forward and the resize of the logits to the input, under ``torch.inference_mode``;
@@ -31,6 +32,7 @@ import datetime
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -77,13 +79,12 @@ class Logits(torch.nn.Module):
         return self.model(pixel_values=img).logits
 
 
-def _resized_loss(logits, label):
-    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
-
-
 def _resized(logits, size):
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _resized_loss(logits, label, resize=_resized):
+    return F.cross_entropy(resize(logits, label.shape[-2:]), label, ignore_index=IGNORE_INDEX)
 
 
 COMPILE_OPTIONS = {"compile": {}, "compile-cg": {"mode": "reduce-overhead"}}
@@ -99,16 +100,19 @@ def make_step(model: torch.nn.Module, kind: str, mode: str, batch: int) -> Calla
     """One training or inference step on fixed random data.  Compiled SegMAN compiles its blocks
     (``segman.models.compile_regions``) and, separately, the resize and loss; SegFormer compiles whole."""
     img = torch.randn(batch, 3, SIZE, SIZE, device="cuda")
-    if mode in COMPILE_OPTIONS and not isinstance(model, Logits):
-        from segman.models import compile_regions
-
-        compile_regions(model, **COMPILE_OPTIONS[mode])
-        loss_head, resize = _compiled(_resized_loss, mode), _compiled(_resized, mode)
-        loss_fn = lambda model, img, label: loss_head(model(img), label)  # noqa: E731
-        predict = lambda model, img: resize(model(img), img.shape[-2:])  # noqa: E731
-    else:  # transformers' SegFormer breaks the graph once (a lock around its output hooks)
+    if isinstance(model, Logits):  # transformers' SegFormer breaks the graph once (a lock around its output hooks)
         loss_fn = _compiled(lambda model, img, label: _resized_loss(model(img), label), mode, fullgraph=False)
         predict = _compiled(lambda model, img: _resized(model(img), img.shape[-2:]), mode, fullgraph=False)
+    else:  # SegMAN as its mmseg head trains it: the logits resized by segman.ops.bilinear_resize
+        from segman.models import compile_regions
+        from segman.ops import bilinear_resize
+
+        if mode in COMPILE_OPTIONS:
+            compile_regions(model, **COMPILE_OPTIONS[mode])
+        loss_head = _compiled(partial(_resized_loss, resize=bilinear_resize), mode)
+        resize = _compiled(bilinear_resize, mode)
+        loss_fn = lambda model, img, label: loss_head(model(img), label)  # noqa: E731
+        predict = lambda model, img: resize(model(img), img.shape[-2:])  # noqa: E731
     if kind == "train":
         model.train()
         label = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device="cuda")

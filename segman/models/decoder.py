@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from segman.ops import bilinear_resize
+
 from .layers import VSSM, ConvFFN, ConvNormAct
 
 __all__ = ["MMSCFusion", "MMSCDecoder", "VSSMBlock", "LinearProj"]
@@ -119,8 +121,8 @@ class MMSCFusion:
         if size[0] % 4 or size[1] % 4:
             raise ValueError(f"MMSC needs a stride-8 map whose sides are multiples of 4 (an input that is a "
                              f"multiple of 32), got {tuple(size)}")
-        _c4 = F.interpolate(self.linear_c4(c4), size=size, mode="bilinear", align_corners=False)
-        _c3 = F.interpolate(self.linear_c3(c3), size=size, mode="bilinear", align_corners=False)
+        _c4 = bilinear_resize(self.linear_c4(c4), size)
+        _c3 = bilinear_resize(self.linear_c3(c3), size)
         _c2 = self.linear_c2(c2)
         x = self.linear_fuse(torch.cat([_c4, _c3, _c2], dim=1))
 
@@ -131,7 +133,7 @@ class MMSCFusion:
         multi = torch.cat([self.reduce_channels[2](F.pixel_unshuffle(x, 4)),
                            self.reduce_channels[1](F.pixel_unshuffle(x2, 2)),
                            self.reduce_channels[0](x4)], dim=1)          # (B, 3C, H8/4, W8/4)
-        s = F.interpolate(self.vssm(multi), size=size, mode="bilinear", align_corners=self.align_corners)
+        s = bilinear_resize(self.vssm(multi), size, self.align_corners)
         t = self.proj_out(s)
         return self.cat(torch.cat([short, pooled, s, _c2 + t, _c3 + t, _c4 + t], dim=1))
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from segman.ops import bilinear_resize
 
 from .decoder import MMSCDecoder
 from .encoder import segman_encoder
@@ -53,4 +54,4 @@ class SegMAN(nn.Module):
 
     def encode_decode(self, img: torch.Tensor) -> torch.Tensor:
         """Logits resized bilinearly (align_corners=False) to the input size, as mmseg does."""
-        return F.interpolate(self(img), size=img.shape[-2:], mode="bilinear", align_corners=False)
+        return bilinear_resize(self(img), img.shape[-2:])

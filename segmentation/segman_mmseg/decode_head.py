@@ -19,6 +19,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from torch import nn
 
 from segman.models import MMSCFusion
+from segman.ops import bilinear_resize
 
 from .config_checks import reject_unknown_arguments
 
@@ -54,3 +55,10 @@ class SegMANDecoder(MMSCFusion, BaseDecodeHead):
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The four encoder maps → logits ``(B, num_classes, H/8, W/8)``."""
         return self.cls_seg(self.fuse(self._transform_inputs(inputs)))
+
+    def losses(self, seg_logit: torch.Tensor, seg_label: torch.Tensor) -> dict:
+        """mmseg's losses, with the logits brought to the label's size by ``segman.ops.bilinear_resize``
+        (same values, a backward of matrix products instead of atomic adds); mmseg's own resize is then
+        an identity."""
+        seg_logit = bilinear_resize(seg_logit, seg_label.shape[2:], self.align_corners)
+        return super().losses(seg_logit, seg_label)
