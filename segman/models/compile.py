@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from .decoder import MMSCDecoder, VSSMBlock
+from .decoder import MMSCHead, VSSMBlock
 from .encoder import Block
 
-REGIONS = (Block, VSSMBlock, MMSCDecoder)
+REGIONS = (Block, VSSMBlock, MMSCHead)
 # torch.compile's modes, as the tools' ``--compile MODE`` offers them; "reduce-overhead" replays the
 # compiled blocks from CUDA graphs (for small batches, where launching kernels bounds the step)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

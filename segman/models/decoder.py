@@ -3,10 +3,10 @@
 The math lives in the mixin :class:`MMSCFusion` so that two owners share it with identical
 parameter names:
 
-* :class:`MMSCDecoder` here, a plain ``nn.Module`` (no mmseg needed);
-* the mmseg head ``SegMANDecoder(MMSCFusion, BaseDecodeHead)`` of the plugin, which calls
-  :meth:`MMSCFusion.init_mmsc` after ``BaseDecodeHead.__init__`` and gets ``conv_seg`` and
-  ``dropout`` from the base class.
+* :class:`MMSCHead` here, a plain ``nn.Module`` (no mmseg needed);
+* the mmseg head ``SegMANDecoder(MMSCFusion, BaseDecodeHead)`` of the plugin (configs may also call
+  it ``MMSCDecoder``, the original's name), which calls :meth:`MMSCFusion.init_mmsc` after
+  ``BaseDecodeHead.__init__`` and gets ``conv_seg`` and ``dropout`` from the base class.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from segman.ops import bilinear_resize
 
 from .layers import VSSM, ConvFFN, ConvNormAct
 
-__all__ = ["MMSCFusion", "MMSCDecoder", "VSSMBlock", "LinearProj"]
+__all__ = ["MMSCFusion", "MMSCHead", "VSSMBlock", "LinearProj"]
 
 
 class LinearProj(nn.Module):
@@ -138,7 +138,7 @@ class MMSCFusion:
         return self.cat(torch.cat([short, pooled, s, _c2 + t, _c3 + t, _c4 + t], dim=1))
 
 
-class MMSCDecoder(MMSCFusion, nn.Module):
+class MMSCHead(MMSCFusion, nn.Module):
     """The MMSC decode head without mmseg: :meth:`MMSCFusion.fuse`, dropout, 1×1 classifier.
 
     Init (SPEC §4.5): ``conv_seg`` N(0, 0.01) with zero bias; ConvModules kaiming-normal

@@ -12,7 +12,7 @@ from torch import nn
 
 from segman.ops import bilinear_resize
 
-from .decoder import MMSCDecoder
+from .decoder import MMSCHead
 from .encoder import segman_encoder
 
 __all__ = ["SegMAN", "DECODER_SETTINGS"]
@@ -44,7 +44,7 @@ class SegMAN(nn.Module):
         super().__init__()
         self.backbone = segman_encoder(variant, backbone=True, drop_path_rate=drop_path_rate, **backbone_kwargs)
         default_channels, default_proj = DECODER_SETTINGS[variant.lower()]
-        self.decode_head = MMSCDecoder(self.backbone.embed_dims, channels or default_channels,
+        self.decode_head = MMSCHead(self.backbone.embed_dims, channels or default_channels,
                                        feat_proj_dim or default_proj, num_classes, dropout_ratio,
                                        norm_layer=norm_layer, pool_norm_layer=norm_layer)
 

@@ -107,7 +107,7 @@ def test_compiled_inference_equals_eager():
 def test_compile_regions_compiles_each_block_in_place():
     """Every encoder block and the decoder are compiled (the decoder's SSM block with it); the keys and
     the outputs stay those of the plain model."""
-    from segman.models import MMSCDecoder, VSSMBlock, compile_regions
+    from segman.models import MMSCHead, VSSMBlock, compile_regions
     from segman.models.encoder import Block
 
     model = _segmentor(**SMALL).eval()
@@ -118,7 +118,7 @@ def test_compile_regions_compiles_each_block_in_place():
         assert compile_regions(model, backend="eager") is model
         out = model(image)
     compiled = {type(m) for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
-    assert compiled == {Block, MMSCDecoder}
+    assert compiled == {Block, MMSCHead}
     assert getattr(model.decode_head.vssm, "_compiled_call_impl", None) is None  # compiled inside the decoder
     assert isinstance(model.decode_head.vssm, VSSMBlock)
     assert list(model.state_dict()) == keys

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_testing import TINY, TINY_INPUT, meta_encoder, shapes
-from segman.models import DECODER_SETTINGS, MMSCDecoder, MMSCFusion, SegMAN
+from segman.models import DECODER_SETTINGS, MMSCHead, MMSCFusion, SegMAN
 
 T_WIDTHS = (32, 64, 144, 192)
 ENCODER_WIDTHS = {"t": T_WIDTHS, "s": (64, 144, 288, 512), "b": (96, 160, 364, 560), "l": (96, 192, 432, 640),
@@ -32,7 +32,7 @@ def n_params(model):
 
 def meta_decoder(widths, channels, proj, num_classes):
     with torch.device("meta"):
-        return MMSCDecoder(widths, channels, proj, num_classes)
+        return MMSCHead(widths, channels, proj, num_classes)
 
 
 def conv_module(prefix, out_ch, in_ch, k=1):
@@ -109,7 +109,7 @@ class TestLayout:
 class TestInit:
     def test_init(self):
         torch.manual_seed(0)
-        decoder = MMSCDecoder(T_WIDTHS, 128, 192, 150)
+        decoder = MMSCHead(T_WIDTHS, 128, 192, 150)
         assert abs(decoder.conv_seg.weight.std().item() / 0.01 - 1) < 0.05
         assert torch.all(decoder.conv_seg.bias == 0)
         fan_out = 128  # cat: 1×1 conv, 128 outputs
@@ -126,20 +126,20 @@ def tiny_features(batch=2, widths=(8, 16, 24, 32), size=128):
 
 class TestForward:
     def test_shapes(self):
-        decoder = MMSCDecoder((8, 16, 24, 32), 8, 12, 5).eval()
+        decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5).eval()
         assert decoder(tiny_features()).shape == (2, 5, 16, 16)
         assert decoder.fuse(tiny_features()).shape == (2, 8, 16, 16)
 
     def test_gradients_reach_every_parameter(self):
         torch.manual_seed(0)
-        decoder = MMSCDecoder((8, 16, 24, 32), 8, 12, 5).train()
+        decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5).train()
         decoder(tiny_features()).square().mean().backward()
         assert [n for n, p in decoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
     def test_wiring_and_concat_orders(self):
         """Rebuild every concatenation of SPEC §4.4 from the submodules' captured outputs."""
         torch.manual_seed(0)
-        decoder = MMSCDecoder((8, 16, 24, 32), 8, 12, 5).eval()
+        decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5).eval()
         outputs, inputs = {}, {}
         for name, module in decoder.named_modules():
             if name and "." not in name or name.startswith("reduce_channels."):
@@ -169,13 +169,13 @@ class TestForward:
         torch.testing.assert_close(inputs["conv_seg"], outputs["cat"])  # dropout is an identity in eval
 
     def test_stride8_map_must_be_multiple_of_4(self):
-        decoder = MMSCDecoder((8, 16, 24, 32), 8, 12, 5).eval()
+        decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5).eval()
         with pytest.raises(ValueError, match="multiples of 4"):
             decoder(tiny_features(size=96 + 16))
 
     def test_four_widths_required(self):
         with pytest.raises(ValueError, match="four encoder widths"):
-            MMSCDecoder((16, 24, 32), 8, 12, 5)
+            MMSCHead((16, 24, 32), 8, 12, 5)
 
 
 class TestFusionMixin:
@@ -189,11 +189,11 @@ class TestFusionMixin:
                 self.init_mmsc([8, 16, 24, 32], 8, 12, norm_layer=nn.BatchNorm2d, align_corners=False)
 
         head = Head().eval()
-        assert shapes(head) == shapes(MMSCDecoder((8, 16, 24, 32), 8, 12, 5))
+        assert shapes(head) == shapes(MMSCHead((8, 16, 24, 32), 8, 12, 5))
         assert head.fuse(tiny_features()).shape == (2, 8, 16, 16)
 
     def test_norm_layers(self):
-        decoder = MMSCDecoder((8, 16, 24, 32), 8, 12, 5, norm_layer=nn.SyncBatchNorm,
+        decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5, norm_layer=nn.SyncBatchNorm,
                               pool_norm_layer=lambda c: nn.GroupNorm(1, c))
         assert isinstance(decoder.cat.bn, nn.SyncBatchNorm)
         assert isinstance(decoder.image_pool[1].bn, nn.GroupNorm)

@@ -49,6 +49,20 @@ def test_config_builds_model_and_pipelines(name):
         assert cfg.model.test_cfg.mode == mode
 
 
+def test_original_head_name_builds_the_same_head():
+    """``type='MMSCDecoder'`` (the original configs' spelling) builds ``SegMANDecoder`` with the same keys."""
+    from segman_mmseg.decode_head import SegMANDecoder
+
+    cfg = Config.fromfile(str(CONFIGS / "segman/tiny/segman_t_ade.py"))
+    cfg.model.backbone.pretrained = None
+    with torch.device("meta"):
+        ours = build_segmentor(cfg.model)
+        cfg.model.decode_head.type = "MMSCDecoder"
+        original = build_segmentor(cfg.model)
+    assert type(original.decode_head) is SegMANDecoder
+    assert list(original.state_dict()) == list(ours.state_dict())
+
+
 @pytest.mark.parametrize("name,batch", [("segman/base/segman_b_ade.py", (4, 4, 0.25)),
                                          ("segman/small/segman_s_cityscapes.py", (2, 2, 0.2)),
                                          ("segman/tiny/segman_t_coco.py", (4, 4, 0.0))])
