@@ -28,18 +28,15 @@ Usage: python benchmarks/e2e_gpu.py [--models segman_s segformer_b2] [--modes ea
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from gpu_timing import step_time
+from report import environment, write_results
 
 SIZE = 512
 NUM_CLASSES = 150
@@ -47,7 +44,6 @@ IGNORE_INDEX = 255
 PEERS = {"segman_t": "segformer_b0", "segman_s": "segformer_b2"}
 WORK = {"train16": ("train", 16), "train4": ("train", 4), "infer16": ("infer", 16), "infer1": ("infer", 1)}
 MODES = ("eager", "compile", "compile-cg", "cuda_graph")
-RESULTS = Path(__file__).resolve().parent / "results" / "e2e_gpu.md"
 
 # SegFormer configurations (Xie et al., 2021), as in HF transformers' nvidia/mit-b0 and mit-b2
 SEGFORMER = {
@@ -171,22 +167,6 @@ def profile(spec: str, args) -> None:
         print(f"  {e.self_device_time_total / 3 / 1000:8.2f} ms  {e.count // 3:5d}x  {e.key[:110]}")
 
 
-def environment() -> str:
-    props = torch.cuda.get_device_properties(0)
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    commit = os.environ.get("SEGMAN_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        cwd=Path(__file__).parent).stdout.strip() or "?"
-    return (f"{props.name}, driver {driver}, torch {torch.__version__}, Triton {triton_version}, "
-            f"commit {commit}, {datetime.date.today().isoformat()}")
-
-
 def table(rows: list[dict]) -> str:
     best = {}
     for r in rows:
@@ -232,9 +212,8 @@ def main(argv=None) -> None:
     text = table(rows)
     print("\n" + text)
     if not args.no_write:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(f"# End to end: SegMAN against SegFormer (`benchmarks/e2e_gpu.py`)\n\n{env}; "
-                           f"512×512, bf16 autocast, median of {args.repeats} × {args.steps} steps.\n\n{text}\n")
+        write_results("e2e_gpu", f"# End to end: SegMAN against SegFormer (`benchmarks/e2e_gpu.py`)\n\n{env}; "
+                      f"512×512, bf16 autocast, median of {args.repeats} × {args.steps} steps.\n\n{text}\n")
     for spec in args.profile:
         profile(spec, args)
 

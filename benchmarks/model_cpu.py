@@ -4,17 +4,19 @@ Each model runs under ``torch.inference_mode()`` in eval mode: one warm-up forwa
 median of ``--repeats`` forwards.  The forward returns the 1/8-resolution logits (150 ADE20K
 classes), as ``SegMAN.forward`` does; the final resize to 512×512 is not included.
 
-Usage: python benchmarks/model_cpu.py [--threads 2] [--repeats 5] [--variants t s]
+Printed and written to ``benchmarks/results/model_cpu.md`` (overwritten).
+
+Usage: python benchmarks/model_cpu.py [--threads 2] [--repeats 5] [--variants t s] [--no-write]
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
+from report import environment, write_results
 from segman.models import SegMAN
 
 
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=["t", "s"], choices=["t", "s", "b", "l"])
     parser.add_argument("--size", type=int, default=512, help="square input side (multiple of 32, >= 224)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -47,12 +50,14 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows.append((f"SegMAN-{variant.upper()}", params, median_ms(model, img, args.repeats)))
 
-    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-          f"input 1×3×{args.size}×{args.size}, median of {args.repeats}")
-    print(f"| {'model':<10} | {'params':>12} | {'ms':>9} |")
-    print(f"|{'-' * 12}|{'-' * 14}|{'-' * 11}|")
-    for name, params, ms in rows:
-        print(f"| {name:<10} | {params:>12,} | {ms:>9.1f} |")
+    env = environment("cpu", args.threads)
+    setting = f"input 1×3×{args.size}×{args.size}, inference mode, median of {args.repeats} forwards"
+    lines = [f"| {'model':<10} | {'params':>12} | {'ms':>9} |", f"|{'-' * 12}|{'-' * 14}|{'-' * 11}|"]
+    lines += [f"| {name:<10} | {params:>12,} | {ms:>9.1f} |" for name, params, ms in rows]
+    text = "\n".join(lines)
+    print(f"{env}; {setting}\n{text}")
+    if not args.no_write:
+        write_results("model_cpu", f"# SegMAN on the CPU (`benchmarks/model_cpu.py`)\n\n{env}; {setting}.\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ cross-merge of a (1, 64, 128, 128) map; neighborhood attention with 2 heads × 3
 kernel 11, with RPB.  Baselines measured in the same run: a sequential per-step scan loop (what a
 naive reference does), and NATTEN's own CPU path (no RPB; only when natten is installed).
 
-Usage: python benchmarks/ops_cpu.py [--threads 2] [--repeats 5]
+Printed and written to ``benchmarks/results/ops_cpu.md`` (overwritten): the median wall time of each call.
+
+Usage: python benchmarks/ops_cpu.py [--threads 2] [--repeats 5] [--no-write]
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from typing import Callable
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from report import environment, write_results
 from segman.ops import cross_merge, cross_scan, neighborhood_attention_2d, selective_scan
 
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -111,11 +114,15 @@ def main() -> None:
         except Exception as exc:  # natten's CPU path may be missing in a build without libnatten
             rows.append((case, f"natten {natten.__version__}: {type(exc).__name__}: {str(exc)[:60]}", float("nan")))
 
-    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"| {'op / shape':<28} | {'implementation':<42} | {'ms':>9} |")
-    print(f"|{'-' * 30}|{'-' * 44}|{'-' * 11}|")
-    for case_name, impl, ms in rows:
-        print(f"| {case_name:<28} | {impl:<42} | {ms:>9.1f} |")
+    env = environment("cpu", args.threads)
+    lines = [f"| {'op / shape':<28} | {'implementation':<42} | {'ms':>9} |",
+             f"|{'-' * 30}|{'-' * 44}|{'-' * 11}|"]
+    lines += [f"| {case_name:<28} | {impl:<42} | {ms:>9.1f} |" for case_name, impl, ms in rows]
+    text = "\n".join(lines)
+    print(f"{env}\n{text}")
+    if not args.no_write:
+        write_results("ops_cpu", f"# Reference ops on the CPU (`benchmarks/ops_cpu.py`)\n\n{env}; SegMAN-S "
+                      f"stage-1 shapes, batch 1, median of {args.repeats} calls (the sequential loop: one).\n\n{text}\n")
 
 
 if __name__ == "__main__":
