@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    env = environment("cpu", args.threads)  # before the timings: the load of other processes
     torch.manual_seed(0)
     img = torch.randn(1, 3, args.size, args.size)
 
@@ -50,7 +51,6 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows.append((f"SegMAN-{variant.upper()}", params, median_ms(model, img, args.repeats)))
 
-    env = environment("cpu", args.threads)
     setting = f"input 1×3×{args.size}×{args.size}, inference mode, median of {args.repeats} forwards"
     lines = [f"| {'model':<10} | {'params':>12} | {'ms':>9} |", f"|{'-' * 12}|{'-' * 14}|{'-' * 11}|"]
     lines += [f"| {name:<10} | {params:>12,} | {ms:>9.1f} |" for name, params, ms in rows]

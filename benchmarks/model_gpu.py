@@ -20,6 +20,9 @@ does it: BatchNorm becomes SyncBatchNorm, DistributedDataParallel wraps the mode
 ``cuda_graph`` the encoder's graphs average its gradients (``leave_to_graphs``); ``--batch`` is per
 GPU and rank 0 prints.
 
+The table is printed and written to ``benchmarks/results/model_gpu.md`` (``model_gpu_<N>gpus.md``
+under torchrun; overwritten, ``--no-write`` prints only).
+
 ``--profile`` instead prints where the time of an ``auto`` step goes: the step's wall time against
 the host's (when ``train_step`` returns) and the GPU's busy time and kernel count (a step whose host
 time is close to its wall time is bound by the host), then the kernels with the most self CUDA time
@@ -32,7 +35,6 @@ Usage: python benchmarks/model_gpu.py [--variants s] [--batch 16] [--precisions 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_timing import step_time
+from report import environment, write_results
 from segman.models import SegMAN
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman.ops import force_backend
@@ -88,6 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true", help="kernel breakdown of one auto step instead")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True (what the segmentation configs set)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("model_gpu.py needs a CUDA device")
@@ -97,7 +101,15 @@ def main(argv=None) -> None:
             sys.exit("--profile runs on one GPU; start it without torchrun")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.init_process_group("nccl")
-    report = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *a, **k: None)
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    lines = []
+
+    def report(line: str, flush: bool = False) -> None:
+        """Print on rank 0 and keep the line for the results file."""
+        if rank0:
+            lines.append(line)
+            print(line, flush=flush)
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -108,9 +120,8 @@ def main(argv=None) -> None:
         profile(args, img, target)
         return
     gpus = f"{world} GPUs (DDP, SyncBN), {args.batch} per GPU" if world > 1 else f"batch {args.batch}"
-    report(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {datetime.date.today()}, "
-           f"{gpus} × {args.size}², forward + loss + backward, median of {args.steps} steps, "
-           f"cudnn.benchmark {args.cudnn_benchmark}")
+    report(f"# SegMAN training step (`benchmarks/model_gpu.py`)\n\n{environment()}; {gpus} × {args.size}², "
+           f"forward + loss + backward, median of {args.steps} steps, cudnn.benchmark {args.cudnn_benchmark}\n")
     report("| model | precision | backends | step ms | images/s | peak GiB |")
     report("|---|---|---|---:|---:|---:|")
     runs = [(bname, False) for bname in args.backends] + ([("auto", True)] if args.cuda_graph else [])
@@ -135,6 +146,8 @@ def main(argv=None) -> None:
                 images_per_s = world * args.batch / ms * 1e3
                 report(f"| SegMAN-{variant.upper()} | {pname} | {label} | {ms:.1f} | {images_per_s:.1f} | {peak:.2f} |",
                        flush=True)
+    if rank0 and not args.no_write:
+        write_results("model_gpu" if world == 1 else f"model_gpu_{world}gpus", "\n".join(lines))
     if world > 1:
         torch.distributed.destroy_process_group()
 

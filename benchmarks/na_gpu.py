@@ -26,24 +26,26 @@ GPU time the targets are judged on: the replay from its first kernel's start to 
 (CUPTI), the way the copy bandwidth is measured too.  Rows print as each shape finishes, with
 triton's relative error against the torch reference.
 
+The tables and the autotuner's picks are printed and written to ``benchmarks/results/na_gpu.md``
+(overwritten; ``--no-write`` prints only).
+
 Usage: PYTHONPATH=. python benchmarks/na_gpu.py
        [--providers triton,torch,flex[,triton-split,triton-fused,flash-dense,copy]]
-       [--dtypes fp32,bf16]
+       [--dtypes fp32,bf16] [--no-write]
        [--stages 1,2,3,4] [--sweep]   (--sweep times candidate tiles of each triton kernel instead)
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from typing import Callable, Optional
 from unittest import mock
 
 import torch
-import triton
 
 from gpu_timing import bench, copy_bandwidth, graph_bench, same_size_copy
+from report import environment, write_results
 from segman.ops import neighborhood_attention_2d
 from segman.ops.triton_backend import neighborhood_attention as tb
 
@@ -173,10 +175,14 @@ def _ms(x: Optional[float]) -> str:
     return f"{x:.3f}" if x is not None else "-"
 
 
+def _ratio(a: Optional[float], b: Optional[float], digits: int) -> str:
+    return f"{a / b:.{digits}f}" if a and b else "-"
+
+
 def table(args) -> None:
+    env = environment()
     bw = copy_bandwidth()
-    print(f"# device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"{datetime.date.today()}, copy bandwidth {bw / 1e9:.2f} TB/s (read + write)", flush=True)
+    print(f"{env}; copy bandwidth {bw / 1e9:.2f} TB/s (read + write)", flush=True)
     providers = [p for p in args.providers if p != "flex"] + (["flex"] if "flex" in args.providers else [])
     columns = "".join(f" {p} ms |" for p in providers)
     header = f"| stage | dtype | pass |{columns} floor ms | triton/floor | flex/triton |"
@@ -217,22 +223,24 @@ def table(args) -> None:
                     tri, flex = t.get("triton"), t.get("flex")
                     cells = "".join(f" {_ms(t.get(p))} |" for p in providers)
                     rows.append(f"| {stage} | {dname} | {pname} |{cells} {floor:.3f} | "
-                                f"{tri / floor if tri else float('nan'):.2f} | "
-                                f"{flex / tri if (flex and tri) else float('nan'):.1f} |")
+                                f"{_ratio(tri, floor, 2)} | {_ratio(flex, tri, 1)} |")
                     print(f"{rows[-1]} {err:.1e} |", flush=True)
             print(f"  triton picked: {_picked(kernel_size, q.shape[-1], q.dtype)}", flush=True)
-    for title, rows in tables.items():
-        print(f"\n{title}:\n")
-        print(header)
-        print("|---" * (header.count("|") - 1) + "|")
-        for line in rows:
-            print(line)
-    print("\ntriton tiles (kind, K, head_dim, dtype, key run of a 16-wide tile) -> tile:")
-    for key, tile in sorted(tb._TUNED.items(), key=str):
-        print(f"  {key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} run={key[4]:2d} {tuple(tile)}")
-    print("triton backward (K, head_dim, dtype, key run, rpb gradient) -> path:")
-    for key, mode in sorted(tb._MODES.items(), key=str):
-        print(f"  K={key[0]:2d} d={key[1]:3d} {str(key[2]):15s} run={key[3]:2d} rpb grad={key[4]} {mode}")
+    out = ["# Neighborhood attention with RPB (`benchmarks/na_gpu.py`)", "",
+           f"{env}; copy bandwidth {bw / 1e9:.2f} TB/s (read + write); SegMAN-S training shapes, batch 16; "
+           f"stages {','.join(map(str, args.stages))}, {', '.join(args.dtypes)}; ms, L2 flushed before each call."]
+    for title, rows in reversed(tables.items()):
+        out += ["", f"## {title}", "", header, "|---" * (header.count("|") - 1) + "|", *rows]
+    out += ["", "## Triton tiles (kind, K, head_dim, dtype, key run of a 16-wide tile) and backward paths", "", "```"]
+    out += [f"{key[0]:5s} K={key[1]:2d} d={key[2]:3d} {str(key[3]):15s} run={key[4]:2d} {tuple(tile)}"
+            for key, tile in sorted(tb._TUNED.items(), key=str)]
+    out += [f"K={key[0]:2d} d={key[1]:3d} {str(key[2]):15s} run={key[3]:2d} rpb grad={key[4]} {mode}"
+            for key, mode in sorted(tb._MODES.items(), key=str)]
+    out += ["```"]
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    if not args.no_write:
+        write_results("na_gpu", text)
 
 
 def _picked(kernel_size: int, head_dim: int, dtype: torch.dtype) -> str:
@@ -361,6 +369,7 @@ def main(argv=None) -> None:
                         help='with --sweep: these tiles instead of the built-in list, e.g. "2,4,1,4,1,8;4,2,1,2,1,8,1"')
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--once", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("na_gpu.py needs a CUDA device")

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    env = environment("cpu", args.threads)  # before the timings: the load of other processes
     torch.manual_seed(0)
 
     rows: list[tuple[str, str, float]] = []
@@ -114,7 +115,6 @@ def main() -> None:
         except Exception as exc:  # natten's CPU path may be missing in a build without libnatten
             rows.append((case, f"natten {natten.__version__}: {type(exc).__name__}: {str(exc)[:60]}", float("nan")))
 
-    env = environment("cpu", args.threads)
     lines = [f"| {'op / shape':<28} | {'implementation':<42} | {'ms':>9} |",
              f"|{'-' * 30}|{'-' * 44}|{'-' * 11}|"]
     lines += [f"| {case_name:<28} | {impl:<42} | {ms:>9.1f} |" for case_name, impl, ms in rows]

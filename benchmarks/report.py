@@ -7,6 +7,7 @@ and the date.  ``benchmarks/README.md`` explains how each script measures.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import platform
 import subprocess
@@ -53,7 +54,8 @@ def _driver() -> str:
 
 
 def environment(device: str = "cuda", threads: Optional[int] = None) -> str:
-    """One line: the device the numbers come from, torch, Triton (GPU only), the commit and today's date.
+    """One line: the device the numbers come from, torch, Triton and the CUDA scan extension (GPU only),
+    the commit and today's date.
 
     ``device="cuda"`` names GPU 0 and the NVIDIA driver; ``device="cpu"`` names the CPU model,
     ``threads`` (torch's intra-op thread count when not given) and the load average, since other
@@ -63,8 +65,9 @@ def environment(device: str = "cuda", threads: Optional[int] = None) -> str:
         machine = (f"{_cpu_name()}, {threads} threads, load average {os.getloadavg()[0]:.1f} at the start, "
                    f"torch {torch.__version__}")
     else:
+        extension = "built" if importlib.util.find_spec("segman_selective_scan") else "not built"
         machine = (f"{torch.cuda.get_device_properties(0).name}, driver {_driver()}, "
-                   f"torch {torch.__version__}, Triton {_triton_version()}")
+                   f"torch {torch.__version__}, Triton {_triton_version()}, CUDA scan extension {extension}")
     return f"{machine}, commit {commit()}, {datetime.date.today().isoformat()}"
 
 

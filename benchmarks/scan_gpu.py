@@ -20,19 +20,20 @@ is measured the same way); the same replay between CUDA events (``replay`` colum
 launch's latency, about 4 µs); and called eagerly (``eager`` columns: what a Python loop of such
 calls measures, which at the small shapes is mostly host work).
 
-Usage: python benchmarks/scan_gpu.py [--sweep] [--kernel-modes] [--only cuda triton] [--skip-ss2d]
+Printed and written to ``benchmarks/results/scan_gpu.md`` (overwritten; ``--no-write`` prints only).
+
+Usage: python benchmarks/scan_gpu.py [--sweep] [--kernel-modes] [--only cuda triton] [--skip-ss2d] [--no-write]
 (--sweep: Triton launch configurations; --kernel-modes: each CUDA forward and backward kernel variant.)
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 
 import torch
-import triton
 
 from gpu_timing import GraphTime, bench, copy_bandwidth, graph_bench, same_size_copy
+from report import environment, write_results
 from segman.ops import cross_merge, cross_scan, selective_scan
 
 SCAN = importlib.import_module("segman.ops.selective_scan")
@@ -243,15 +244,16 @@ def cross_rows(bw):
     return rows
 
 
-def print_table(title, rows, cols=("fwd", "bwd")):
-    print(f"\n### {title}\n")
+def format_table(title, rows, cols=("fwd", "bwd")):
     a, b = cols
-    print(f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor "
-          f"| {a} replay µs | {b} replay µs | {a} eager µs | {b} eager µs |")
-    print("|---|---|---|" + "---:|" * 8)
+    lines = [f"### {title}", "",
+             f"| shape (B=16, K=4) | dtype | backend | {a} µs | {a} / floor | {b} µs | {b} / floor "
+             f"| {a} replay µs | {b} replay µs | {a} eager µs | {b} eager µs |",
+             "|---|---|---|" + "---:|" * 8]
     for shape, dname, name, *times in rows:
         cells = " | ".join(f"{t:.2f}" if i in (1, 3) else f"{t * 1e3:.0f}" for i, t in enumerate(times))
-        print(f"| {shape} | {dname} | {name} | {cells} |")
+        lines.append(f"| {shape} | {dname} | {name} | {cells} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -261,24 +263,26 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="time only these selective_scan backends (and skip the other tables)")
     parser.add_argument("--kernel-modes", action="store_true",
                         help="also time each CUDA kernel variant forced (set_kernel_modes)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
+    env = environment()
     bw = copy_bandwidth()
-    props = torch.cuda.get_device_properties(0)
     rows = scan_rows(bw, args.only, args.kernel_modes)
     cross = [] if args.only else cross_rows(bw)
     ss2d = [] if args.skip_ss2d or args.only else ss2d_rows(bw)
-    print(f"\n## GPU selective scan — {props.name}, {datetime.date.today().isoformat()}")
-    print(f"\ntorch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
-          f"copy bandwidth {bw / 1e9:.2f} TB/s (1 GiB device-to-device copy, read + write); "
-          f"µs = median GPU time of the call replayed from a CUDA graph, from its first kernel's start to "
-          f"its last one's end (CUPTI), L2 flushed before each call; replay = the same between CUDA "
-          f"events (graph launch latency included); eager = the same calls from Python (do_bench).")
-    print_table("selective_scan (d_state 1)", rows)
+    tables = [format_table("selective_scan (d_state 1)", rows)]
     if cross:
-        print_table("cross_scan / cross_merge", cross, cols=("cross_scan", "cross_merge"))
+        tables.append(format_table("cross_scan / cross_merge", cross, cols=("cross_scan", "cross_merge")))
     if ss2d:
-        print_table("SS2D step: cross_scan → selective_scan → cross_merge", ss2d)
+        tables.append(format_table("SS2D step: cross_scan → selective_scan → cross_merge", ss2d))
+    text = (f"# Selective scan, cross-scan / cross-merge and the SS2D step (`benchmarks/scan_gpu.py`)\n\n"
+            f"{env}; CUDA {torch.version.cuda}; copy bandwidth {bw / 1e9:.2f} TB/s (read + write). µs: GPU time "
+            f"of a CUDA-graph replay, first kernel's start to last kernel's end, L2 flushed; replay: the same "
+            f"between CUDA events; eager: called from Python.\n\n" + "\n\n".join(tables) + "\n")
+    print("\n" + text)
+    if not args.no_write:
+        write_results("scan_gpu", text)
     if args.sweep:
         sweep()
 
