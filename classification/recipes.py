@@ -1,4 +1,4 @@
-"""The ImageNet-1k pretraining recipe of the SegMAN encoders, as data (SPEC §6).
+"""The ImageNet-1k pretraining recipe of the SegMAN encoders, as data (docs/model.md §8.2).
 
 One table row per variant; what all variants share lives in ``COMMON`` (these are also the
 command-line defaults of ``train.py``).  The original shipped scripts for T, S and B only; the L
@@ -37,7 +37,7 @@ RECIPES: dict[str, Recipe] = {r.model: r for r in (
     Recipe("SegMANEncoder_t", gpus=8, batch_size=512, drop_path=0.0, amp=False, crop_pct=0.9),
     Recipe("SegMANEncoder_s", gpus=8, batch_size=256, drop_path=0.15, amp=True, crop_pct=0.9),
     Recipe("SegMANEncoder_b", gpus=8, batch_size=256, drop_path=0.3, amp=True, crop_pct=0.95),
-    # No original script for L (SPEC §9 item 3): B's batch, drop-path and precision.
+    # No original script for L (docs/model.md §10.3): B's batch, drop-path and precision.
     Recipe("SegMANEncoder_l", gpus=8, batch_size=256, drop_path=0.3, amp=True, crop_pct=0.95, original=False),
 )}
 

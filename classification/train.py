@@ -1,4 +1,4 @@
-"""ImageNet-1k pretraining of the SegMAN encoders with timm (SPEC §6).
+"""ImageNet-1k pretraining of the SegMAN encoders with timm (recipe: docs/model.md §8.2).
 
     torchrun --nproc_per_node 8 classification/train.py --data-dir /data/imagenet --model SegMANEncoder_s
     bash scripts/train_segman-s.sh 8 /data/imagenet        # the same, as the original script ran it
@@ -70,7 +70,7 @@ __all__ = ["parse_args", "resume_checkpoint", "main"]
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command line; the variant's defaults (None below) are filled in by :func:`apply_recipe`."""
     c = COMMON
-    parser = argparse.ArgumentParser(description="ImageNet pretraining of a SegMAN encoder (SPEC §6)",
+    parser = argparse.ArgumentParser(description="ImageNet pretraining of a SegMAN encoder",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", required=True, help="ImageFolder root with train/ and val/ class folders")

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 of a SegMAN encoder checkpoint on an ImageFolder split (SPEC §6, timm's validate).
+"""Top-1 / top-5 of a SegMAN encoder checkpoint on an ImageFolder split (timm's validate).
 
     python classification/validate.py --data-dir /data/imagenet --model SegMANEncoder_s \\
         --checkpoint pretrained/SegMAN_Encoder_s.pth.tar --use-ema [--results-file results.json]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SegMAN-L ImageNet-1k pretraining (SPEC §6, §9 item 3): 8 GPUs × 256 images,
+# SegMAN-L ImageNet-1k pretraining (docs/model.md §8.2, §10.3): 8 GPUs × 256 images,
 # lr 1e-3 × 2048 / 1024 = 2e-3, drop-path 0.3, AMP fp16, 300 + 10 epochs.  The original has no L
 # script: these are SegMAN-B's settings, our choice.
 #

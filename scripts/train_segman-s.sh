@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SegMAN-S ImageNet-1k pretraining as the original ran it (SPEC §6): 8 GPUs × 256 images,
+# SegMAN-S ImageNet-1k pretraining as the original ran it (docs/model.md §8.2): 8 GPUs × 256 images,
 # lr 1e-3 × 2048 / 1024 = 2e-3, drop-path 0.15, AMP fp16, 300 + 10 epochs.
 #
 #   bash scripts/train_segman-s.sh [GPUS] [DATA] [train.py options]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SegMAN-T ImageNet-1k pretraining as the original ran it (SPEC §6): 8 GPUs × 512 images,
+# SegMAN-T ImageNet-1k pretraining as the original ran it (docs/model.md §8.2): 8 GPUs × 512 images,
 # lr 1e-3 × 4096 / 1024 = 4e-3, drop-path 0.0, fp32 (no AMP), 300 + 10 epochs.
 #
 #   bash scripts/train_segman-t.sh [GPUS] [DATA] [train.py options]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Top-1 / top-5 of an ImageNet checkpoint (SPEC §6), e.g. a released encoder with its EMA weights:
+# Top-1 / top-5 of an ImageNet checkpoint, e.g. a released encoder with its EMA weights:
 #
 #   bash scripts/validate.sh MODEL CHECKPOINT [DATA] [validate.py options]
 #   bash scripts/validate.sh SegMANEncoder_s pretrained/SegMAN_Encoder_s.pth.tar /data/imagenet --use-ema

@@ -1,4 +1,4 @@
-"""Loading the official SegMAN checkpoints (SPEC §1.2, §3, §6).
+"""Loading the official SegMAN checkpoints (docs/model.md §7).
 
 Two kinds of files exist:
 

@@ -1,4 +1,4 @@
-"""MMSC decoder of SegMAN: multi-scale context fusion with a state space block (SPEC §4).
+"""MMSC decoder of SegMAN: multi-scale context fusion with a state space block (docs/model.md §5).
 
 The math lives in the mixin :class:`MMSCFusion` so that two owners share it with identical
 parameter names:
@@ -37,7 +37,7 @@ class LinearProj(nn.Module):
 
 
 class VSSMBlock(nn.Module):
-    """The decoder's SSM block (SPEC §4.3), on ``D = 3C`` channels::
+    """The decoder's SSM block (docs/model.md §5.3), on ``D = 3C`` channels::
 
         x = x + cpe1(x)
         x = x + VSSM(norm1(x))       # float32 result
@@ -70,7 +70,7 @@ class VSSMBlock(nn.Module):
 
 
 class MMSCFusion:
-    """Mixin holding the MMSC fusion (SPEC §4.2, §4.4); the owner must be an ``nn.Module``.
+    """Mixin holding the MMSC fusion (docs/model.md §5.1-5.2); the owner must be an ``nn.Module``.
 
     Call :meth:`init_mmsc` once ``nn.Module.__init__`` has run; :meth:`fuse` then maps the four
     encoder outputs to the fused ``(B, channels, H/8, W/8)`` map that precedes dropout and
@@ -112,7 +112,7 @@ class MMSCFusion:
         self.cat = cm(5 * c + 3 * p, c)
 
     def fuse(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Encoder maps ``c1..c4`` (strides 4, 8, 16, 32) → fused ``(B, C, H8, W8)`` (SPEC §4.4 steps 1-10).
+        """Encoder maps ``c1..c4`` (strides 4, 8, 16, 32) → fused ``(B, C, H8, W8)`` (docs/model.md §5.2).
 
         ``H8×W8`` is c2's size; it must be a multiple of 4 on each side (input multiple of 32).
         """
@@ -141,7 +141,7 @@ class MMSCFusion:
 class MMSCHead(MMSCFusion, nn.Module):
     """The MMSC decode head without mmseg: :meth:`MMSCFusion.fuse`, dropout, 1×1 classifier.
 
-    Init (SPEC §4.5): ``conv_seg`` N(0, 0.01) with zero bias; ConvModules kaiming-normal
+    Init (docs/model.md §6): ``conv_seg`` N(0, 0.01) with zero bias; ConvModules kaiming-normal
     (fan_out, relu) with BN (1, 0); the rest PyTorch defaults and VSSM's own.
 
     Args:

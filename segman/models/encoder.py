@@ -1,8 +1,8 @@
-"""SegMAN encoder: hybrid local attention and state space model backbone (SPEC §1).
+"""SegMAN encoder: hybrid local attention and state space model backbone (docs/model.md §2-3).
 
 Paper: Fu et al., "SegMAN: Omni-scale Context Modeling with State Space Models and Local Attention
-for Semantic Segmentation", CVPR 2025 (arXiv 2412.11890).  Written from the specification in
-``shared/SPEC.md``; the parameter names follow the official checkpoints so they load unchanged.
+for Semantic Segmentation", CVPR 2025 (arXiv 2412.11890).  ``docs/model.md`` describes the model as
+implemented here; the parameter names follow the official checkpoints so they load unchanged.
 
 One class serves both uses:
 
@@ -40,7 +40,7 @@ RopeTables = tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (H, W, head_d
 
 
 class LASSMixer(nn.Module):
-    """LASS token mixer (SPEC §1.8): neighborhood attention plus an SSM or a global branch.
+    """LASS token mixer (docs/model.md §3): neighborhood attention plus an SSM or a global branch.
 
     Forward on a normalised ``(B, C, H, W)`` map::
 
@@ -56,7 +56,7 @@ class LASSMixer(nn.Module):
     the attention ops need one dtype, so q and k are cast back to ``v.dtype`` after RoPE: under
     autocast both attentions then run in the low-precision dtype (the original computed the NA
     logits in float32), which keeps the fast kernels usable.  Without autocast everything is
-    float32 and nothing changes.  The SSM output is float32 (SPEC §8 item 6).
+    float32 and nothing changes.  The SSM output is float32 (docs/model.md §3.5).
 
     Args:
         dim: channels ``C``.
@@ -133,7 +133,7 @@ class LASSMixer(nn.Module):
 
 
 class Block(nn.Module):
-    """SegMAN block (SPEC §1.5)::
+    """SegMAN block (docs/model.md §2.3)::
 
         x = x + cpe1(x)
         x = x + drop_path(layer_scale1(token_mixer(norm1(x))))
@@ -193,7 +193,7 @@ class Block(nn.Module):
 
 
 class SegMANStage(nn.Module):
-    """A stage (``BasicLayer``, SPEC §1.4): RoPE tables computed once, then the blocks.
+    """A stage (docs/model.md §2.2): RoPE tables computed once, then the blocks.
 
     Args:
         dim, num_heads, window_size, mlp_ratio, global_mode, global_rpb_tokens, layer_scale_init_value,
@@ -235,7 +235,7 @@ def _conv_bn(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
 
 
 class SegMANEncoder(nn.Module):
-    """SegMAN encoder (SPEC §1), in classification or backbone form.
+    """SegMAN encoder (docs/model.md §2), in classification or backbone form.
 
     Input ``(B, in_chans, H, W)`` with ``H`` and ``W`` multiples of 32, large enough that every
     stage map covers its attention window (224 px for the released variants).  The argument
@@ -313,7 +313,7 @@ class SegMANEncoder(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        """trunc_normal(0.02) / zero bias for every Conv2d (SPEC §1.11; the encoder has no Linear).
+        """trunc_normal(0.02) / zero bias for every Conv2d (docs/model.md §6; the encoder has no Linear).
 
         Norm layers keep their default (1, 0); LayerScale, VSSM parameters and RPB tables
         (zeros) keep their own init.
@@ -347,7 +347,7 @@ class SegMANEncoder(nn.Module):
         """Nothing beyond timm's default rule (1-d params and biases).
 
         As in the original ImageNet training, RPB tables, ``A_logs`` and LayerScale weights are
-        decayed (SPEC §6, §8 item 25).
+        decayed (docs/model.md §8.2).
         """
         return set()
 
@@ -405,8 +405,8 @@ class SegMANEncoder(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# Variants (SPEC §1.1).  L2 exists only as a segmentation backbone upstream (its builder was
-# broken there); it is built like the others here.
+# Variants (docs/model.md §1.1).  L2 exists only as a segmentation backbone in the original (its
+# builder was broken there); it is built like the others here.
 VARIANTS: dict[str, dict[str, Any]] = {
     "t": dict(embed_dims=(32, 64, 144, 192), depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8),
               window_sizes=(11, 9, 9, 7), mlp_ratios=(4, 4, 3, 3)),

@@ -1,4 +1,4 @@
-"""SegMAN segmentor without mmseg: encoder (backbone form) + MMSC decoder (SPEC §4.5, §5.5).
+"""SegMAN segmentor without mmseg: encoder (backbone form) + MMSC decoder (docs/model.md §5).
 
 The state_dict keys are ``backbone.*`` and ``decode_head.*``, exactly as in the official mmseg
 checkpoints, so :func:`segman.models.load_segmentor_checkpoint` loads them with ``strict=True``.
@@ -17,7 +17,7 @@ from .encoder import segman_encoder
 
 __all__ = ["SegMAN", "DECODER_SETTINGS"]
 
-# (channels C, feat_proj_dim P) of the released configs (SPEC §4.5).  S-Cityscapes uses C=152:
+# (channels C, feat_proj_dim P) of the released configs (docs/model.md §5.4).  S-Cityscapes uses C=152:
 # pass channels=152 for it.
 DECODER_SETTINGS: dict[str, tuple[int, int]] = {
     "t": (128, 192), "s": (144, 288), "b": (180, 320), "l": (224, 432), "l2": (224, 448),

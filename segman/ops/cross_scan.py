@@ -1,4 +1,4 @@
-"""Four-direction 2-D scan order (SPEC §2.4) and its exact adjoint (SPEC §2.5).
+"""Four-direction 2-D scan order and its exact adjoint (docs/model.md §4.2).
 
 Directions ``k`` of ``cross_scan``: 0 row-major (index ``h*W + w``), 1 column-major
 (``w*H + h``), 2 reversed row-major, 3 reversed column-major.  ``cross_merge`` maps each

@@ -1,6 +1,6 @@
 """2-D neighborhood attention with relative position bias (NATTEN 0.17 unfused semantics).
 
-SPEC §1.8.2.  Each query ``(i, j)`` attends to a ``K×K`` window of keys.  Along each axis the
+docs/model.md §3.2.  Each query ``(i, j)`` attends to a ``K×K`` window of keys.  Along each axis the
 pixels are split into ``dilation`` groups (``i mod dilation``); inside its group (group
 coordinate ``i' = i // dilation``, group length ``n_g``) the window starts at
 ``clamp(i' - K//2, 0, n_g - K)``: windows shift inwards at the borders instead of padding.

@@ -1,4 +1,4 @@
-"""Selective scan (S6 / Mamba recurrence with K groups), SPEC §2.1-2.3."""
+"""Selective scan (S6 / Mamba recurrence with K groups), docs/model.md §4.3."""
 from __future__ import annotations
 
 from typing import Optional

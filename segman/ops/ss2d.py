@@ -1,4 +1,4 @@
-"""One SS2D step (SPEC §1.9 steps 1, 5, 6): cross-scan → selective scan → cross-merge.
+"""One SS2D step (docs/model.md §4.1 steps 1, 4, 5): cross-scan → selective scan → cross-merge.
 
 ``ss2d_scan(x, delta, ...)`` equals::
 

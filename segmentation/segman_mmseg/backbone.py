@@ -1,4 +1,4 @@
-"""mmseg backbones ``SegMANEncoder_{t,s,b,l,l2}`` (SPEC §3): factories over ``segman.models``.
+"""mmseg backbones ``SegMANEncoder_{t,s,b,l,l2}`` (docs/model.md §2): factories over ``segman.models``.
 
 The original registered factory functions, not the class, so configs name a variant
 (``type='SegMANEncoder_b'``).  ``pretrained`` names an ImageNet checkpoint of the original

@@ -17,7 +17,7 @@ KNOWN_TOP_LEVEL_KEYS = (
     'img_norm_cfg', 'crop_size', 'train_pipeline', 'test_pipeline', 'mp_start_method',
     'opencv_num_threads')
 
-# Total batch (GPUs × samples per GPU) of the paper's recipes (SPEC §5.2).
+# Total batch (GPUs × samples per GPU) of the paper's recipes (docs/model.md §8.1).
 PAPER_TOTAL_BATCH = {'ADE20KDataset': 16, 'COCOStuffDataset': 16, 'CityscapesDataset': 8}
 
 

@@ -1,4 +1,4 @@
-"""mmseg decode head ``SegMANDecoder`` (alias ``MMSCDecoder``), SPEC §4.
+"""mmseg decode head ``SegMANDecoder`` (alias ``MMSCDecoder``), docs/model.md §5.
 
 A ``BaseDecodeHead`` (input selection, dropout, ``conv_seg``, losses) that reuses the MMSC fusion
 of :mod:`segman.models.decoder` unchanged, so parameter names match the official checkpoints
@@ -23,7 +23,7 @@ from segman.ops import bilinear_resize
 
 from .config_checks import reject_unknown_arguments
 
-# Keys the original configs pass but its decoder never reads (SPEC §4.1).
+# Keys the original configs pass but its decoder never reads.
 LEGACY_UNUSED_KEYS = ('image_size', 'channel_split', 'short_cut', 'interpolate_mode', 'use_rpb', 'decoder_params')
 _BASE_ARGS = tuple(p for p in inspect.signature(BaseDecodeHead.__init__).parameters if p not in ('self', 'input_transform'))
 

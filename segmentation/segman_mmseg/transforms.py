@@ -1,4 +1,4 @@
-"""``AlignedResize``: keep-ratio resize, then stretch both sides up to multiples of 32 (SPEC §5.4)."""
+"""``AlignedResize``: keep-ratio resize, then stretch both sides up to multiples of 32 (docs/model.md §8.1)."""
 from __future__ import annotations
 
 import math

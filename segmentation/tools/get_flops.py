@@ -1,4 +1,5 @@
-"""Count the FLOPs and parameters of a SegMAN segmentor the way the README does (SPEC §7).
+"""Count the FLOPs and parameters of a SegMAN segmentor the way the published numbers were counted
+(``docs/model.md`` §9).
 
     python tools/get_flops.py local_configs/segman/tiny/segman_t_ade.py                 # 512×512
     python tools/get_flops.py local_configs/segman/small/segman_s_cityscapes.py --shape 1024 2048
@@ -121,7 +122,7 @@ ATEN_HANDLES: Dict[str, Handle] = {
 
 
 def flop_analysis(model: nn.Module, inputs: tuple):
-    """An fvcore ``FlopCountAnalysis`` of ``model(*inputs)`` with the SegMAN handles (SPEC §7)."""
+    """An fvcore ``FlopCountAnalysis`` of ``model(*inputs)`` with the SegMAN handles."""
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError as exc:
@@ -235,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     print(line)
     print(f"Config: {args.config}")
     print(f"Input shape: 1×3×{shape[0]}×{shape[1]}")
-    print("FLOPs (fvcore, 1 per MAC; SPEC §7):")
+    print("FLOPs (fvcore, 1 per MAC):")
     print(f"  encoder:  {flops['encoder']:8.2f} G")
     print(f"  decoder:  {flops['decoder']:8.2f} G  (decode head + resize of the logits to the input)")
     print(f"  total:    {flops['total']:8.2f} G")

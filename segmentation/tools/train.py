@@ -80,7 +80,7 @@ def main() -> None:
         cfg.resume_from = args.resume_from
     cfg.auto_resume = args.auto_resume
     cfg.gpu_ids = [args.gpu_id]
-    cfg.find_unused_parameters = False  # every SegMAN parameter is used (SPEC §5.6)
+    cfg.find_unused_parameters = False  # every SegMAN parameter receives a gradient
     cfg.data.setdefault("persistent_workers", cfg.data.get("workers_per_gpu", 2) > 0)  # torch refuses it for 0
     if cfg.get("cudnn_benchmark", False):
         torch.backends.cudnn.benchmark = True

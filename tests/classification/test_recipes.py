@@ -1,4 +1,4 @@
-"""The per-variant ImageNet recipe (SPEC §6) and how train.py applies it."""
+"""The per-variant ImageNet recipe (docs/model.md §8.2) and how train.py applies it."""
 from __future__ import annotations
 
 import pytest
@@ -49,7 +49,7 @@ def test_shared_defaults_and_overrides():
 
 
 def test_weight_decay_follows_timms_rule():
-    """No decay for 1-d parameters and biases; RPB tables, A_logs and LayerScale are decayed (SPEC §8 item 25)."""
+    """No decay for 1-d parameters and biases; RPB tables, A_logs and LayerScale are decayed (docs/model.md §8.2)."""
     model = timm.create_model("SegMANEncoder_t")
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}

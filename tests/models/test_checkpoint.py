@@ -1,4 +1,4 @@
-"""Loading official-style checkpoints: ImageNet encoders (timm) and mmseg segmentors (SPEC §3, §6)."""
+"""Loading official-style checkpoints: ImageNet encoders (timm) and mmseg segmentors (docs/model.md §7)."""
 import argparse
 import logging
 

@@ -1,4 +1,4 @@
-"""MMSC decoder and SegMAN segmentor: layout, parameter totals (SPEC §4.2-4.5), forward wiring (§4.4)."""
+"""MMSC decoder and SegMAN segmentor: layout, parameter totals, forward wiring (docs/model.md §5)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ T_WIDTHS = (32, 64, 144, 192)
 ENCODER_WIDTHS = {"t": T_WIDTHS, "s": (64, 144, 288, 512), "b": (96, 160, 364, 560), "l": (96, 192, 432, 640),
                   "l2": (96, 192, 448, 640)}
 
-# SPEC §4.5: (variant, channels, feat_proj_dim, num_classes) -> decoder parameters
+# docs/model.md §5.4: (variant, channels, feat_proj_dim, num_classes) -> decoder parameters
 DECODER_PARAMS = [
     ("t", 128, 192, 150, 4_115_926), ("t", 128, 192, 19, 4_099_027), ("t", 128, 192, 171, 4_118_635),
     ("s", 144, 288, 150, 5_469_414), ("s", 152, 288, 19, 6_018_931), ("s", 144, 288, 171, 5_472_459),
@@ -19,9 +19,9 @@ DECODER_PARAMS = [
     ("l", 224, 432, 150, 13_033_894), ("l", 224, 432, 19, 13_004_419), ("l", 224, 432, 171, 13_038_619),
     ("l2", 224, 448, 19, 13_064_147),
 ]
-# SPEC §4.5: full ADE20K segmentors
+# docs/model.md §5.4: full ADE20K segmentors
 SEGMENTOR_PARAMS = {"t": 6_397_260, "s": 29_424_636, "b": 51_802_820, "l": 92_335_734}
-# SPEC §4.3: D = 3C -> (R, x_proj_weight)
+# docs/model.md §5.3: D = 3C -> (R, x_proj_weight)
 DECODER_VSSM = {128: (24, (104, 384, 1)), 144: (27, (116, 432, 1)), 152: (29, (124, 456, 1)),
                 180: (34, (144, 540, 1)), 224: (42, (176, 672, 1))}
 
@@ -41,7 +41,7 @@ def conv_module(prefix, out_ch, in_ch, k=1):
 
 
 def expected_decoder_layout(widths, c, p, num_classes):
-    """Every key and shape of SPEC §4.2 / §4.3 (ConvModules: bias-free conv + BN)."""
+    """Every key and shape of docs/model.md §5.1 / §5.3 (ConvModules: bias-free conv + BN)."""
     d = 3 * c
     r = DECODER_VSSM[c][0]
     out = {"conv_seg.weight": (num_classes, c, 1, 1), "conv_seg.bias": (num_classes,)}
@@ -72,7 +72,7 @@ class TestLayout:
         decoder = meta_decoder(T_WIDTHS, 128, 192, 150)
         actual = shapes(decoder)
         assert sorted(actual.items()) == sorted(expected_decoder_layout(T_WIDTHS, 128, 192, 150).items())
-        assert actual["cat.conv.weight"] == (128, 1216, 1, 1)  # SPEC §4.2 table, spelled out
+        assert actual["cat.conv.weight"] == (128, 1216, 1, 1)  # docs/model.md §5.1, spelled out
         assert actual["reduce_channels.2.conv.weight"] == (128, 2048, 1, 1)
         assert actual["conv_downsample_4.conv.weight"] == (512, 128, 5, 5)
 
@@ -137,7 +137,7 @@ class TestForward:
         assert [n for n, p in decoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
     def test_wiring_and_concat_orders(self):
-        """Rebuild every concatenation of SPEC §4.4 from the submodules' captured outputs."""
+        """Rebuild every concatenation of docs/model.md §5.2 from the submodules' captured outputs."""
         torch.manual_seed(0)
         decoder = MMSCHead((8, 16, 24, 32), 8, 12, 5).eval()
         outputs, inputs = {}, {}

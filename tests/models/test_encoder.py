@@ -1,4 +1,4 @@
-"""SegMANEncoder: layout and parameter counts of every variant (SPEC §1.2, §1.13), behaviour on tiny inputs."""
+"""SegMANEncoder: layout and parameter counts of every variant (docs/model.md §1.1, §7), behaviour on tiny inputs."""
 import copy
 import io
 
@@ -12,8 +12,8 @@ from segman.models import SegMANEncoder, segman_encoder
 
 from model_testing import TINY, TINY_INPUT, meta_encoder, shapes
 
-# SPEC §1.1, written out (FFN widths and dt ranks as numbers, not formulas)
-SPEC_VARIANTS = {
+# docs/model.md §1.1, written out (FFN widths and dt ranks as numbers, not formulas)
+VARIANT_TABLE = {
     "t": dict(dims=(32, 64, 144, 192), depths=(2, 2, 4, 2), heads=(1, 2, 4, 8), windows=(11, 9, 9, 7),
               ffn=(128, 256, 432, 576), ranks=(2, 4, 9), layer_scale=False),
     "s": dict(dims=(64, 144, 288, 512), depths=(2, 2, 10, 4), heads=(2, 4, 8, 16), windows=(11, 9, 7, 7),
@@ -26,11 +26,11 @@ SPEC_VARIANTS = {
                ffn=(384, 768, 1344, 1920), ranks=(6, 12, 28), layer_scale=True),
 }
 
-# SPEC §1.13: (with ImageNet classifier, backbone form)
+# docs/model.md §1.1: (with ImageNet classifier, backbone form)
 PARAM_COUNTS = {"t": (3_506_014, 2_281_334), "s": (25_507_582, 23_955_222), "b": (45_020_682, 43_419_170),
                 "l": (80_985_272, 79_301_840), "l2": (80_978_132, 79_294_700)}
 
-# SPEC §1.2 tables
+# RPB and x_proj shapes per stage (docs/model.md §3.2, §4.1)
 RPB_SHAPES = {
     "t": [(1, 21, 21), (2, 17, 17), (4, 17, 17), (8, 13, 13), (8, 49, 49)],
     "s": [(2, 21, 21), (4, 17, 17), (8, 13, 13), (16, 13, 13), (16, 49, 49)],
@@ -45,7 +45,7 @@ X_PROJ_SHAPES = {
     "l": [(32, 96, 1), (56, 192, 1), (116, 432, 1)],
     "l2": [(32, 96, 1), (56, 192, 1), (120, 448, 1)],
 }
-VARIANT_NAMES = list(SPEC_VARIANTS)
+VARIANT_NAMES = list(VARIANT_TABLE)
 
 
 def bn_keys(prefix, c):
@@ -54,7 +54,7 @@ def bn_keys(prefix, c):
 
 
 def expected_layout(v, classifier, num_classes=1000):
-    """Every state_dict key and shape, from the tables of SPEC §1.2 and §1.3."""
+    """Every state_dict key and shape, from docs/model.md §2.1 and §7."""
     out = {}
     c0 = v["dims"][0]
     for idx, (i, o) in zip((0, 3, 6, 9), ((3, c0 // 2), (c0 // 2, c0 // 2), (c0 // 2, c0), (c0, c0))):
@@ -111,7 +111,7 @@ class TestVariants:
     @pytest.mark.parametrize("backbone", [False, True])
     def test_state_dict_layout(self, variant, backbone):
         actual = shapes(meta_encoder(variant, backbone))
-        expected = expected_layout(SPEC_VARIANTS[variant], classifier=not backbone)
+        expected = expected_layout(VARIANT_TABLE[variant], classifier=not backbone)
         assert sorted(actual.items()) == sorted(expected.items())
 
     def test_tables(self, variant):

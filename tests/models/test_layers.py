@@ -1,4 +1,4 @@
-"""Small building blocks of segman.models against hand-computed values (SPEC §1.6-1.9, §4.2)."""
+"""Small building blocks of segman.models against hand-computed values (docs/model.md §2-5)."""
 import math
 
 import pytest
@@ -120,7 +120,7 @@ class TestConvNormAct:
 
 
 def naive_vssm(m: VSSM, x: torch.Tensor) -> torch.Tensor:
-    """Step-by-step SPEC §1.9 / §2: four scan orders, per-step recurrence, adjoint merge."""
+    """Step-by-step docs/model.md §4: four scan orders, per-step recurrence, adjoint merge."""
     b, c, h, w = x.shape
     r, n, length = m.dt_rank, m.d_state, h * w
     rows, cols = x.flatten(2), x.transpose(2, 3).flatten(2)

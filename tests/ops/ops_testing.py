@@ -1,5 +1,5 @@
 """Shared helpers for the ``segman.ops`` tests: float64 loop references written straight from the
-formulas in SPEC §1.8.2 / §2.2-2.5, backend/device parametrisation, tolerances.
+formulas in docs/model.md §3.2 / §4.2-4.3, backend/device parametrisation, tolerances.
 
 The references are deliberately naive (Python loops over time steps / pixels, vectorised only over
 batch, heads and channels) so that they share no code or tricks with any backend.
@@ -79,7 +79,7 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, w
 
 
 # --------------------------------------------------------------------------------------------------
-# Selective scan reference (SPEC §2.2)
+# Selective scan reference (docs/model.md §4.3)
 # --------------------------------------------------------------------------------------------------
 
 def softplus20(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +184,7 @@ def ref_selective_scan_n1_python(u, delta, A, B, C, D, delta_bias, gy, delta_sof
 
 
 # --------------------------------------------------------------------------------------------------
-# Cross scan / merge references (SPEC §2.4-2.5), explicit index formulas
+# Cross scan / merge references (docs/model.md §4.2), explicit index formulas
 # --------------------------------------------------------------------------------------------------
 
 def ref_cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def ref_cross_merge(y: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Neighborhood attention reference (SPEC §1.8.2 + NATTEN dilation rule)
+# Neighborhood attention reference (docs/model.md §3.2 + NATTEN dilation rule)
 # --------------------------------------------------------------------------------------------------
 
 def na_axis_window(i: int, n: int, kernel_size: int, dilation: int) -> tuple[list[int], list[int]]:

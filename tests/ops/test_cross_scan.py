@@ -1,4 +1,4 @@
-"""``segman.ops.cross_scan`` / ``cross_merge`` against explicit index formulas (SPEC §2.4-2.5):
+"""``segman.ops.cross_scan`` / ``cross_merge`` against explicit index formulas (docs/model.md §4.2):
 
     scan[k=0, h*W + w] = x[h, w]          scan[k=1, w*H + h] = x[h, w]
     scan[k=2, L-1-(h*W + w)] = x[h, w]    scan[k=3, L-1-(w*H + h)] = x[h, w]
@@ -69,7 +69,7 @@ class TestCrossScan:
 
     @pytest.mark.parametrize("backend,device", SCAN_BACKEND_DEVICES)
     def test_single_direction_definitions(self, backend, device):
-        """The four directions as SPEC §2.4 defines them with torch ops."""
+        """The four directions as docs/model.md §4.2 defines them with torch ops."""
         x = _rand((2, 3, 4, 6), F32, device)
         out = cross_scan(x, backend=backend)
         row, col = x.flatten(2), x.transpose(2, 3).flatten(2)

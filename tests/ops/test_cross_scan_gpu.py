@@ -1,6 +1,6 @@
 """GPU backends of ``segman.ops.cross_scan`` / ``cross_merge`` against explicit index formulas.
 
-Self-contained: the references below write SPEC §2.4-2.5 out index by index in float64.  Scan is a
+Self-contained: the references below write docs/model.md §4.2 out index by index in float64.  Scan is a
 pure copy, so every backend must match it exactly; merge adds four values, so it must match within
 one rounding of the output dtype (fp32: 1e-6, bf16/fp16: 1e-2 relative L2).  Gradients: the
 backward of scan is merge and vice versa.  Skipped without CUDA.

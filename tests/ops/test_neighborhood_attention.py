@@ -1,5 +1,5 @@
 """``segman.ops.neighborhood_attention_2d`` against a float64 per-pixel loop written from
-SPEC §1.8.2 (window clamped inwards at the borders, rpb indexed by key − query) and NATTEN's
+docs/model.md §3.2 (window clamped inwards at the borders, rpb indexed by key − query) and NATTEN's
 dilation rule (dilation groups ``i % d``, the non-dilated rule in group coordinates).
 
 Tolerances (relative L2 error against the float64 loop run on the *same* rounded inputs):

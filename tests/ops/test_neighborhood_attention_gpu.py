@@ -1,5 +1,5 @@
 """GPU backends of ``segman.ops.neighborhood_attention_2d`` (triton, natten) and the torch reference on
-CUDA, against this file's own float64 per-pixel loop (SPEC §1.8.2, dilation 1), values and the
+CUDA, against this file's own float64 per-pixel loop (docs/model.md §3.2, dilation 1), values and the
 gradients of q, k, v and rpb.  Skipped without CUDA; natten cases skip where NATTEN declines.
 
 Tolerances (relative L2 error against the float64 loop on the same rounded inputs; max abs error

@@ -1,7 +1,7 @@
-"""``segman.ops.selective_scan`` against a float64 loop written from SPEC §2.2.
+"""``segman.ops.selective_scan`` against a float64 loop written from docs/model.md §4.3.
 
 Tolerances (relative L2 error against the float64 loop run on the *same* rounded inputs):
-the recurrence is computed in fp32 whatever the input dtype (SPEC §2.2), so only fp32 rounding
+the recurrence is computed in fp32 whatever the input dtype (docs/model.md §4.3), so only fp32 rounding
 remains for every input dtype; gradients of low-precision inputs are rounded to that dtype.
 """
 import pytest

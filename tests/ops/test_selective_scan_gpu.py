@@ -1,7 +1,7 @@
 """GPU backends of ``segman.ops.selective_scan`` (``cuda``, ``triton``) against a float64 loop.
 
 Self-contained: the reference below is a float64 loop over time steps (forward) and over reversed
-time steps (the adjoint recurrence, backward), written from SPEC §2.2-2.3 and checked against
+time steps (the adjoint recurrence, backward), written from docs/model.md §4.3 and checked against
 autograd in ``test_loop_reference_matches_autograd``.  Every backend (the torch reference on CUDA
 included) is compared with it on the same rounded inputs, values and all seven gradients.
 

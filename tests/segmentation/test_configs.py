@@ -1,4 +1,4 @@
-"""Every shipped config builds its segmentor and pipelines; parameter counts follow SPEC §4.5."""
+"""Every shipped config builds its segmentor and pipelines; parameter counts follow docs/model.md §5.4."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,7 @@ from mmseg.datasets.pipelines import Compose
 from mmseg.models import build_segmentor
 
 ALL = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "segman").glob("*/*.py"))
-# SPEC §4.5 (segmentor totals) and §5.1 (classes, test mode)
+# docs/model.md §5.4 (segmentor totals) and §8.1 (classes, test mode)
 EXPECTED = {
     "segman/tiny/segman_t_ade.py": (6_397_260, 150, "whole"),
     "segman/small/segman_s_ade.py": (29_424_636, 150, "whole"),
@@ -67,7 +67,7 @@ def test_original_head_name_builds_the_same_head():
                                          ("segman/small/segman_s_cityscapes.py", (2, 2, 0.2)),
                                          ("segman/tiny/segman_t_coco.py", (4, 4, 0.0))])
 def test_recipe_values(name, batch):
-    """SPEC §5.2-5.3: optimizer, schedule, batch and drop path."""
+    """docs/model.md §8.1: optimizer, schedule, batch and drop path."""
     cfg = Config.fromfile(str(CONFIGS / name))
     assert (cfg.data.samples_per_gpu, cfg.data.workers_per_gpu, cfg.model.backbone.drop_path_rate) == batch
     assert cfg.optimizer.type == "AdamW" and cfg.optimizer.lr == 6e-5 and cfg.optimizer.weight_decay == 0.01

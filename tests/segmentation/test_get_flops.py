@@ -1,4 +1,4 @@
-"""Tests for ``segmentation/tools/get_flops.py`` (FLOP convention of SPEC §7)."""
+"""Tests for ``segmentation/tools/get_flops.py`` (FLOP convention of docs/model.md §9)."""
 import importlib.util
 import os.path as osp
 
@@ -80,7 +80,7 @@ class TestHandles:
 
 
 def test_tiny_ade_512(get_flops, in_seg_dir, capsys):
-    """SegMAN-T ADE20K at 512×512: README 6.2 G / 6.4 M (SPEC §7: 3.39 + 2.82, 6,397,260 params)."""
+    """SegMAN-T ADE20K at 512×512: 6.2 G / 6.4 M as published (encoder 3.39 + decoder 2.82, 6,397,260 params)."""
     result = get_flops.main(["local_configs/segman/tiny/segman_t_ade.py", "--shape", "512", "512", "--fvcore-only"])
     assert abs(result["total"] - 6.2) < 0.05
     assert abs(result["encoder"] - 3.39) < 0.005

@@ -1,4 +1,4 @@
-"""AlignedResize (SPEC §5.4): keep-ratio rescale, then both sides resized up to multiples of 32."""
+"""AlignedResize (docs/model.md §8.1): keep-ratio rescale, then both sides resized up to multiples of 32."""
 import numpy as np
 
 import segman_mmseg  # noqa: F401

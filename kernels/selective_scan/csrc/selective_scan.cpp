@@ -4,7 +4,7 @@
 //   bwd(u, delta, A, B, C, D, delta_bias, dout, states, softplus)
 //       -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)
 //
-// Shapes (SPEC §2.1): u, delta (Bt, G*Dg, L) in fp32/fp16/bf16; A (G*Dg, N) fp32; B, C
+// Shapes (docs/model.md §4.3): u, delta (Bt, G*Dg, L) in fp32/fp16/bf16; A (G*Dg, N) fp32; B, C
 // (Bt, G, N, L) in u's dtype; D, delta_bias (G*Dg,) fp32 or None; N <= 16.  The last dimension of
 // u, delta, B, C, dout must have stride 1 (other strides are free).  out is fp32; states
 // (Bt, G*Dg, ceil(L/256), N) fp32 holds the state entering each 256-step chunk.  Gradients: du,
@@ -261,7 +261,7 @@ std::vector<std::optional<at::Tensor>> bwd(const at::Tensor& u, const at::Tensor
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "SegMAN selective scan (SPEC §2.1-2.3): CUDA forward and backward";
+  m.doc() = "SegMAN selective scan: CUDA forward and backward";
   m.def("fwd", &fwd, "selective scan forward -> (out fp32, chunk states)", py::arg("u"), py::arg("delta"),
         py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("softplus"));
   m.def("bwd", &bwd, "selective scan backward -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)", py::arg("u"),

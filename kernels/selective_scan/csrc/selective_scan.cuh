@@ -1,4 +1,4 @@
-// Selective scan (SPEC §2.2-2.3), forward and backward kernels.
+// Selective scan (docs/model.md §4.3), forward and backward kernels.
 //
 // One warp owns one (batch, channel) row and walks the sequence in chunks of 256 steps
 // (32 lanes x 8 consecutive steps); the d_state-1 forward of long rows gives a row to a block
@@ -186,7 +186,7 @@ __device__ __forceinline__ float log1p_unit(float z) {
 }
 
 // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), which equals x in fp32 above the threshold 20 of
-// SPEC §2.2, so no branch is needed; with dsoftplus also its derivative sigmoid(x).
+// softplus threshold (20), so no branch is needed; with dsoftplus also its derivative sigmoid(x).
 __device__ __forceinline__ float softplus(float x, float* dsoftplus = nullptr) {
   const float z = fast_exp2(-fabsf(x) * kLog2e);  // exp(-|x|); below 2^-126 it is 0
   if (dsoftplus) *dsoftplus = (x >= 0.f ? 1.f : z) * fast_rcp(1.f + z);

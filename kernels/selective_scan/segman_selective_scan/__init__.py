@@ -1,4 +1,4 @@
-"""CUDA selective scan for ``segman.ops`` (SPEC §2.1-2.3); see kernels/selective_scan/README.md.
+"""CUDA selective scan for ``segman.ops`` (docs/model.md §4.3); see kernels/selective_scan/README.md.
 
 ``fwd(u, delta, A, B, C, D, delta_bias, softplus) -> (out, states)`` and
 ``bwd(u, delta, A, B, C, D, delta_bias, dout, states, softplus) -> [du, ddelta, dA, dB, dC, dD, ddelta_bias]``.

@@ -11,7 +11,7 @@ class ConvNormAct(nn.Module):
     """A bias-free conv followed by a norm layer and an activation, as used by the MMSC decoder.
 
     The children are named ``conv`` and ``bn`` so that the state_dict matches mmcv's
-    ``ConvModule`` (SPEC §4.2); the activation has no parameters.  Initialisation is mmcv's:
+    ``ConvModule`` (docs/model.md §5.1); the activation has no parameters.  Initialisation is mmcv's:
     kaiming-normal (fan_out, relu) for the conv, weight 1 / bias 0 for the norm.
 
     Args:

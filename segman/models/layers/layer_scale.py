@@ -1,4 +1,4 @@
-"""LayerScale with a bias (SPEC §1.6).
+"""LayerScale with a bias (docs/model.md §2.3).
 
 SegMAN's LayerScale is a depthwise 1×1 convolution, ``y[:, c] = x[:, c] * weight[c] + bias[c]``,
 so unlike CaiT's (Touvron et al., 2021) it also shifts the branch.  The parameter shapes follow

@@ -1,4 +1,4 @@
-"""Convolutional FFN with an inner depthwise residual (SPEC §1.6, also the decoder's §4.3)."""
+"""Convolutional FFN with an inner depthwise residual (docs/model.md §2.3, also the decoder's §5.3)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,7 +10,7 @@ from torch import nn
 class ConvFFN(nn.Module):
     """``fc2(h + dwconv(h))`` with ``h = act(fc1(x))``; 1×1 convs around a 3×3 depthwise conv.
 
-    The residual around ``dwconv`` is part of the original model (SPEC §8 item 5).
+    The residual around ``dwconv`` is part of the original model (docs/model.md §10.1).
 
     Args:
         dim: input and output channels ``C``.

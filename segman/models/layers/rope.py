@@ -1,4 +1,4 @@
-"""2-D rotary position embedding, rotate-every-two layout (SPEC §1.7).
+"""2-D rotary position embedding, rotate-every-two layout (docs/model.md §2.4).
 
 RoPE: Su et al., "RoFormer" (2021).  Here the first half of each head's channels rotates with
 the row index and the second half with the column index; channel pairs ``(2p, 2p+1)`` share one

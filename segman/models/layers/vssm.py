@@ -1,4 +1,4 @@
-"""VSSM: the four-direction 2-D selective scan module shared by encoder and decoder (SPEC §1.9).
+"""VSSM: the four-direction 2-D selective scan module shared by encoder and decoder (docs/model.md §4).
 
 Adapted from the SS2D idea of VMamba (Liu et al., 2024) on top of the Mamba S6 recurrence
 (Gu & Dao, 2023), with SegMAN's settings: ``d_inner = d_model`` (no in/out projections), four
@@ -31,7 +31,7 @@ class VSSM(nn.Module):
 
     The scan inputs share the dtype of ``x``: under autocast the projections come out in the
     autocast dtype and are cast back to ``x.dtype`` before the scan (a float32 ``x``, e.g. a
-    LayerNorm output, is scanned in float32).  The output is always float32 (SPEC §8 item 6).
+    LayerNorm output, is scanned in float32).  The output is always float32 (docs/model.md §3.5).
 
     Args:
         d_model: channels ``C``.
@@ -57,7 +57,7 @@ class VSSM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
-        """Mamba's initialisation (SPEC §1.9).
+        """Mamba's initialisation (docs/model.md §4.4).
 
         ``x_proj_weight``: four default ``nn.Linear(C, R + 2N)`` weights, i.e. U(±1/√C);
         ``dt_projs_weight``: U(±1/√R); ``dt_projs_bias``: inverse softplus of

@@ -1,4 +1,4 @@
-"""Triton cross-scan / cross-merge (SPEC §2.4-2.5): one pass over the map each, exact copies.
+"""Triton cross-scan / cross-merge (docs/model.md §4.2): one pass over the map each, exact copies.
 
 Reference (``segman/ops/torch_backend/cross_scan.py``), with the memory traffic of each line::
 

@@ -1,6 +1,6 @@
 """Fused 2-D neighborhood attention with relative position bias (RPB) in Triton: forward and backward.
 
-What it computes (SPEC §1.8.2, dilation 1; ``segman/ops/torch_backend/neighborhood_attention.py``
+What it computes (docs/model.md §3.2, dilation 1; ``segman/ops/torch_backend/neighborhood_attention.py``
 is the reference).  Per query pixel ``(i, j)`` with window origin ``s = clamp(i - K//2, 0, H - K)``
 (same rule for ``j``), the naive PyTorch version and what it moves through memory::
 

@@ -1,4 +1,4 @@
-"""Triton selective scan (SPEC §2.2-2.3): forward and backward, tuned for d_state N = 1.
+"""Triton selective scan (docs/model.md §4.3): forward and backward, tuned for d_state N = 1.
 
 What it computes, per batch ``b`` and channel ``c`` of group ``g`` (the torch backend is the
 reference, ``segman/ops/torch_backend/selective_scan.py``)::
@@ -74,7 +74,7 @@ def _step_size(raw, SOFTPLUS: tl.constexpr):
 
     softplus(x) = max(x, 0) + log1p(z) with z = exp(-|x|) in (0, 1]; log1p(z) = 2 atanh(s),
     s = z / (2 + z) <= 1/3, as an odd series to s^13 (relative error < 4e-7 in fp32).  Above 20
-    this equals x in fp32, the threshold of SPEC §2.2, so no branch is needed.
+    this equals x in fp32, softplus's threshold, so no branch is needed.
     """
     if SOFTPLUS:
         z = tl.exp(-tl.abs(raw))
@@ -96,7 +96,7 @@ def _step_size(raw, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _cross_position(t, g, length, height, width):
-    """Row-major pixel index of step ``t`` of scan direction ``g`` (SPEC §2.4)."""
+    """Row-major pixel index of step ``t`` of scan direction ``g`` (docs/model.md §4.2)."""
     tt = tl.where(g >= 2, length - 1 - t, t)
     return tl.where(g % 2 == 1, (tt % height) * width + tt // height, tt)
 
@@ -133,7 +133,7 @@ def _fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_p
     b, g, cin, cmask, ch, bias, Dv = _program_channels(D_ptr, bias_ptr, groups, dg, HAS_D, HAS_BIAS, BLOCK_C)
     row = b * groups * dg + ch                              # output row of each channel
     d_row = dl_ptr + b * sd_b + ch * sd_c
-    if CROSS:  # u is the (Bt, Dg, H, W) map and y the merged (Bt, Dg, L) output (SPEC §2.4-2.5)
+    if CROSS:  # u is the (Bt, Dg, H, W) map and y the merged (Bt, Dg, L) output (docs/model.md §4.2)
         u_row = u_ptr + (b * dg + cin) * length
         y_row = y_ptr + (b * dg + cin) * length
     else:

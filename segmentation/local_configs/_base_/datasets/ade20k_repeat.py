@@ -1,4 +1,5 @@
-# ADE20K (150 classes), SPEC §5.4.  Layout: data/ADEChallengeData2016/{images,annotations}/{training,validation}
+# ADE20K (150 classes), docs/model.md §8.1.
+# Layout: data/ADEChallengeData2016/{images,annotations}/{training,validation}
 dataset_type = 'ADE20KDataset'
 data_root = 'data/ADEChallengeData2016'
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)

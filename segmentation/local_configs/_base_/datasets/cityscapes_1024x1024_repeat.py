@@ -1,4 +1,4 @@
-# Cityscapes (19 classes, *_labelTrainIds.png), SPEC §5.4.
+# Cityscapes (19 classes, *_labelTrainIds.png), docs/model.md §8.1.
 # Layout: data/cityscapes/{leftImg8bit,gtFine}/{train,val}
 dataset_type = 'CityscapesDataset'
 data_root = 'data/cityscapes'

@@ -1,4 +1,4 @@
-# COCO-Stuff 164k (171 classes, *_labelTrainIds.png), SPEC §5.4.
+# COCO-Stuff 164k (171 classes, *_labelTrainIds.png), docs/model.md §8.1.
 # Layout: data/coco_stuff164k/{images,annotations}/{train2017,val2017}
 dataset_type = 'COCOStuffDataset'
 data_root = 'data/coco_stuff164k'

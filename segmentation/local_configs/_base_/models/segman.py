@@ -1,4 +1,4 @@
-# SegMAN encoder + MMSC decoder (SPEC §3-§4).  Leaf configs set the variant, widths and classes.
+# SegMAN encoder + MMSC decoder (docs/model.md §2-5).  Leaf configs set the variant, widths and classes.
 # `custom_imports` registers the SegMAN types with mmseg, so tools/train.py needs no edits.
 custom_imports = dict(imports=['segman_mmseg'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # becomes BN outside distributed runs (tools/train.py)

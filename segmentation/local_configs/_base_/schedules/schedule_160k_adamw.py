@@ -1,4 +1,4 @@
-# SPEC §5.2: AdamW 6e-5, wd 0.01, decoder lr ×10, no weight decay on backbone norms,
+# docs/model.md §8.1: AdamW 6e-5, wd 0.01, decoder lr ×10, no weight decay on backbone norms,
 # poly (power 1) with 1500 linear warm-up iterations, 160k iterations, fp32.
 # mmcv picks the first custom key (sorted) that is a substring of a parameter name, so 'head'
 # wins over 'norm' for decoder norms, exactly as in the original.
