@@ -17,22 +17,28 @@ is refused unless the caller opts in with ``allow_unsafe=True`` (or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pickle
-from typing import Any, Mapping, Optional, Union
+import tempfile
+import warnings
+import zipfile
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from timm.models import clean_state_dict
 from torch import nn
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "extract_state_dict", "checkpoint_filter_fn",
+__all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint_file", "atomic_path", "newest_loadable",
+           "extract_state_dict", "checkpoint_filter_fn",
            "load_encoder_checkpoint", "load_segmentor_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_PREFIX = "classifier."
 UNSAFE_ENV_VAR = "SEGMAN_ALLOW_UNSAFE_CHECKPOINTS"
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:12]  # how pre-1.6 torch.save files begin
 PathOrStateDict = Union[str, os.PathLike, Mapping[str, Any]]
 
 
@@ -65,22 +71,90 @@ def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Any = "cpu
             in), for tools that cannot pass arguments (mmcv's checkpoint loader).
 
     Raises:
-        CheckpointError: the file needs other pickled objects; the message names them and the
-            two ways to opt in.
+        CheckpointError: the file needs other pickled objects (the message names them and the two
+            ways to opt in), or it is not readable: truncated, empty or not written by torch.save.
     """
     if allow_unsafe is None:
         allow_unsafe = os.environ.get(UNSAFE_ENV_VAR, "0") == "1"
-    if allow_unsafe:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    with torch.serialization.safe_globals(_safe_globals()):
+    try:
+        if allow_unsafe:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_safe_globals()):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                is_zip = zipfile.is_zipfile(path)
+                if not (is_zip or _is_legacy_torch_file(path)):
+                    raise  # random bytes: reported as unreadable below
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path) if is_zip else []
+                raise CheckpointError(
+                    f"{os.fspath(path)!r} needs pickled Python objects that torch.load(weights_only=True) refuses "
+                    f"({', '.join(unsafe) or 'see the cause above'}).  If you trust the file, pass allow_unsafe=True "
+                    f"or set {UNSAFE_ENV_VAR}=1 (full unpickling can run arbitrary code).") from e
+    except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # truncated, empty, random bytes: torch's own message misleads (weights_only)
+        if isinstance(e, pickle.UnpicklingError):
+            detail = "its bytes are not what torch.save writes"
+        elif isinstance(e, EOFError):
+            detail = "the file is empty or ends early"
+        else:
+            detail = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}"
+        raise CheckpointError(
+            f"{os.fspath(path)!r} is not a readable checkpoint ({detail}); it is damaged "
+            f"(e.g. a run killed while writing it, an interrupted copy) or was not written by torch.save") from e
+
+
+def _is_legacy_torch_file(path: Union[str, os.PathLike]) -> bool:
+    """Whether the file starts like torch.save's pre-1.6 format (a pickled magic number)."""
+    with open(path, "rb") as f:
+        return f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """A temporary name beside ``path`` to write to; on success the file is flushed to disk and renamed
+    over ``path`` (atomic on POSIX), on failure removed.  A kill at any moment leaves ``path`` either as
+    it was or complete, never partial.  Temporaries are named ``.<name>.<random>.tmp``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself reaches the disk with the folder's entry
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            raise CheckpointError(
-                f"{os.fspath(path)!r} needs pickled Python objects that torch.load(weights_only=True) refuses "
-                f"({', '.join(unsafe) or 'see the cause above'}).  If you trust the file, pass allow_unsafe=True "
-                f"or set {UNSAFE_ENV_VAR}=1 (full unpickling can run arbitrary code).") from e
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save_checkpoint_file(obj: Any, path: Union[str, os.PathLike]) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_path`: never leaves a partial file at ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def newest_loadable(paths: Sequence[Union[str, os.PathLike]]) -> Optional[str]:
+    """The first of ``paths`` (newest first) that :func:`load_checkpoint_file` reads; each one skipped
+    is named in a warning with the reason.  None if none is readable."""
+    for path in paths:
+        try:
+            load_checkpoint_file(path)
+        except (CheckpointError, OSError) as e:
+            warnings.warn(f"skipping checkpoint {os.fspath(path)}: {e}")
+            continue
+        return os.fspath(path)
+    return None
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """mmseg 0.30 plugin for SegMAN: registers the backbones ``SegMANEncoder_{t,s,b,l,l2}``, the head
 ``SegMANDecoder`` (alias ``MMSCDecoder``) and the ``AlignedResize`` transform, and applies the
-mmcv-full 1.7.2 compatibility fixes for current torch (:mod:`segman_mmseg.compat`).
+mmcv-full 1.7.2 compatibility fixes for current torch (:mod:`segman_mmseg.compat`), crash-safe
+checkpoints and a validating ``--auto-resume`` (:mod:`segman_mmseg.safe_training`).
 
 Configs load it with ``custom_imports = dict(imports=['segman_mmseg'])``.
 """
-from . import compat
+from . import compat, safe_training
 
 compat.apply()
+safe_training.install()
 
 from . import backbone, decode_head, transforms  # noqa: E402,F401  (registration side effects)

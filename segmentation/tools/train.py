@@ -6,7 +6,8 @@
 Runs on CPU when no GPU is present.  Outside distributed runs SyncBN layers become BatchNorm;
 in distributed runs every BatchNorm becomes SyncBN.
 The resolved config, environment and seed are written to the work dir; logs go to text and
-TensorBoard (``<work_dir>/tf_logs``).  ``--auto-resume`` continues from the newest checkpoint.
+TensorBoard (``<work_dir>/tf_logs``).  Checkpoints are written atomically; ``--auto-resume`` continues
+from the newest one that loads; a non-finite loss or weight stops training before it is saved.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from mmcv.runner import get_dist_info, init_dist
 from mmcv.utils import DictAction
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv compatibility fixes)
-from segman.models import COMPILE_MODES, compile_regions
+from segman.models import COMPILE_MODES, CheckpointError, compile_regions
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman_mmseg.config_checks import check_config, load_config, report_batch_size
+from segman_mmseg.safe_training import NON_FINITE_PRIORITY, NonFiniteTrainingError
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,6 +81,8 @@ def main() -> None:
     if args.resume_from:
         cfg.resume_from = args.resume_from
     cfg.auto_resume = args.auto_resume
+    if not any(h.get("type") == "StopOnNonFinite" for h in cfg.get("custom_hooks", [])):
+        cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="StopOnNonFinite", priority=NON_FINITE_PRIORITY)]
     cfg.gpu_ids = [args.gpu_id]
     cfg.find_unused_parameters = False  # every SegMAN parameter receives a gradient
     cfg.data.setdefault("persistent_workers", cfg.data.get("workers_per_gpu", 2) > 0)  # torch refuses it for 0
@@ -136,8 +140,12 @@ def main() -> None:
                                           CLASSES=datasets[0].CLASSES, PALETTE=datasets[0].PALETTE)
         meta.update(cfg.checkpoint_config.meta)
     model.CLASSES = datasets[0].CLASSES
-    train_segmentor(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
-                    timestamp=timestamp, meta=meta)
+    try:
+        train_segmentor(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
+                        timestamp=timestamp, meta=meta)
+    except (NonFiniteTrainingError, CheckpointError) as e:
+        logger.error(str(e))
+        raise SystemExit(f"error: {e}") from None
     if torch.cuda.is_available():
         rank, world_size = get_dist_info()
         print(f"rank {rank}/{world_size} on {torch.cuda.get_device_name()}: training finished, "
