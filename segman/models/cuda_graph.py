@@ -1,9 +1,9 @@
 """Training forward and backward of a module replayed from CUDA graphs.
 
 SegMAN training is bound by the host, not the GPU: a SegMAN-S step launches about 6,000 kernels,
-and at the paper's 4 crops per GPU the Python and launch work of an eager step takes about three
-times as long as its GPU work (``benchmarks/RESULTS.md``, sixth session).  Replaying the encoder's
-forward and backward from CUDA graphs removes that work.  :class:`TrainingGraph` captures on the
+and at the paper's 4 crops per GPU the Python and launch work of an eager step outlasts its GPU work
+(``docs/performance.md``).  Replaying the encoder's forward and backward from CUDA graphs removes
+that work.  :class:`TrainingGraph` captures on the
 first call that qualifies and replays afterwards; everything else (eval mode, CPU, no grad, another
 input shape) runs eagerly.
 
@@ -24,6 +24,17 @@ Rules that come with graphs (checked where they can be):
 * the capture runs three warm-up steps first (Triton autotuning and cuDNN benchmarking happen
   there, outside the graph; the buffers they change, BatchNorm statistics, are restored) and keeps
   the activations' memory for the life of the graph.
+
+Why not ``torch.cuda.make_graphed_callables``: it captures in the global capture mode, where another
+thread's CUDA event query (NCCL's watchdog in distributed runs) invalidates the capture, and its graphed
+parameters still go through DDP's reducer.  Here the forward and the backward are captured with
+``torch.cuda.graph`` in ``thread_local`` mode (one memory pool, one side stream) and replayed by one
+autograd node, whose backward hands out the gradients as views of one new buffer.
+
+:func:`leave_to_graphs` relies on a private DistributedDataParallel method,
+``_set_params_and_buffers_to_ignore_for_model``, to keep DDP's reducer away from the graphed
+parameters; a torch release that renames it breaks distributed graph training (a single GPU is
+unaffected).
 """
 from __future__ import annotations
 

@@ -105,8 +105,7 @@ def _aligned(sb, sn, sh, sw, ALIGN: tl.constexpr):
     """A tensor's batch, head, row and pixel strides, rebuilt as ``(s // ALIGN) * ALIGN`` (equal: the
     launch checked that they are multiples of ``ALIGN`` elements) so that Triton knows they are: rows
     of a head_dim that is a multiple of 4 but not of 16 (20, 24, 28, 36) then load and store as
-    vectors instead of one element per instruction (SegMAN-S stages 2-3 in bf16: 26-29 % less GPU
-    time for fwd+bwd on an H100)."""
+    vectors instead of one element per instruction."""
     return (sb // ALIGN) * ALIGN, (sn // ALIGN) * ALIGN, (sh // ALIGN) * ALIGN, (sw // ALIGN) * ALIGN
 
 
@@ -701,9 +700,8 @@ def tile_run(tile: Tile, kernel_size: int, width: int, dtype: torch.dtype, whole
     """The key run (``RWP``, the dk/dv kernel's ``QWP``) a launch of ``tile`` uses on maps ``width`` wide:
     ``key_run``, but at least 32 for fp32 on 8 or more warps.  ``whole_band`` (the fused backward): a run
     that holds every query column whose window meets the key tile, ``TW + K - 1 + K//2`` at the borders
-    (where windows shift inwards).  Triton 3.6's tf32x3 dots 16 keys wide on 8 or more warps fault
-    with an illegal address on an H100 (found through the runs capped at a narrow map's width; an
-    8-pixel tile at K ≤ 9 and head_dim 128 hit it too)."""
+    (where windows shift inwards).  The floor of 32 is there because Triton's tf32x3 dots only 16 keys
+    wide on 8 or more warps fault with an illegal address."""
     run = key_run(tile.tw + (kernel_size // 2 if whole_band else 0), kernel_size, width)
     return max(run, 32) if dtype == torch.float32 and tile.num_warps >= 8 else run
 
@@ -755,20 +753,18 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
     default first.
 
     A tile of ``th`` rows walks ``K + th - 1`` partner rows: taller tiles waste more scores but
-    share each loaded row among more warps.  Measured on an H100 (benchmarks/RESULTS.md): fp32 with a
-    (padded) head_dim of 64 or more (tf32x3 triples the operands) spills on 4 warps, so it also tries 8
-    (at 128 it uses 8 only: 16 warps faulted on an H100).  Where a tile 8 pixels wide halves the key
-    run (K ≤ 9: 16 keys per row instead of 32), 8 × 8 tiles score (K + 7)·16 keys per query instead of
-    (K + 3)·32.  On small maps (SegMAN stages 3-4) the kernels gain 10-30 % from 2-4 rows per dot, and
-    the forward and dq kernels another 15-20 % from loads pipelined 2 (fp32) or 3 steps ahead, and the
-    forward 5-10 % more from one tile per program (twice the programs, half the steps each); with a
-    head_dim of 128 those dots would spill.  One pipeline stage wins on large maps and in the dk/dv
-    kernels, whose narrow tiles instead gain 7-18 % at stages 2-3 from loading each step's queries a
-    step ahead into registers (``prefetch``).  On wide runs (stage 1) the pipelined forward tiles
-    are 2.7-3.4× slower than unpipelined ones unless the bias enters as the QK dot's accumulator
-    (``bias_in_dot``); then they are the fastest (stage 1 bf16: 236 µs against 267), and with the
-    dq kernel's such tiles forward+backward takes 1.162 ms against 1.185.  The fused backward in fp32
-    at a head_dim of 128 keeps one row per dot: two need 256 KiB of shared memory (an H100 has 227)."""
+    share each loaded row among more warps.  The list covers what wins somewhere on SegMAN's stages:
+
+    * 8 warps as well for fp32 with a (padded) head_dim of 64 or more, whose tf32x3 dots (three times
+      the operands) spill on 4; only 8 at 128, where 16 warps fault;
+    * tiles 8 pixels wide where that halves the key run (K ≤ 9: 16 keys per row instead of 32);
+    * 2-4 rows per dot and one tile per program, for small maps (stages 3-4); not at a head_dim of
+      128, where those dots spill;
+    * loads pipelined 2 (fp32) or 3 steps ahead in the forward and dq kernels, for small maps; on wide
+      runs (stage 1) they pay only when the bias enters as the QK dot's accumulator (``bias_in_dot``);
+    * in the dk/dv kernel, narrow tiles that load each step's queries a step ahead (``prefetch``);
+    * the fused backward in fp32 at a head_dim of 128 keeps one row per dot: two exceed the shared
+      memory of a Hopper GPU."""
     dp = sum(head_parts(head_dim))
     warps = 8 if dp >= 128 else 4
     narrow = key_run(8, kernel_size) < key_run(MAX_TW, kernel_size)
@@ -793,7 +789,7 @@ def candidates(kind: str, kernel_size: int, head_dim: int, dtype: torch.dtype) -
             tiles += [Tile(4, 2, 1, warps, depth, bias_in_dot=True), Tile(4, 2, 2, warps, depth, bias_in_dot=True)]
         if kind == "dkdv" and narrow:  # loads a step ahead, by hand
             tiles += [Tile(4, 2, 1, warps // 2, tw=8, prefetch=True), Tile(4, 2, 2, warps // 2, tw=8, prefetch=True)]
-    if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 faulted on an H100
+    if dtype == torch.float32 and 64 <= dp < 128:  # dp 128 runs on 8 warps already; 16 fault
         tiles += [Tile(4, 2, 1, 2 * warps), Tile(8, 1, 1, 2 * warps)]
     if kind == "bwd" and dtype == torch.float32 and dp >= 128:
         tiles = [tile for tile in tiles if tile.rows == 1]
@@ -992,8 +988,8 @@ def _stride_align(*tensors: torch.Tensor) -> int:
 def _vector_bias(dtype: torch.dtype) -> bool:
     """Whether the forward and dq kernels read the bias as 16-byte vectors from the aligned table
     copies (one load instruction per 4 scores instead of per score): for 16-bit inputs.  fp32 inputs,
-    whose tf32x3 dots already fill the registers, read it per score: the vector path measured no
-    faster there (H100, stage-1 forward 0.90 ms with it, 0.87 ms without)."""
+    whose tf32x3 dots already fill the registers, read it per score: the vector path is no faster
+    there."""
     return dtype != torch.float32
 
 
@@ -1072,8 +1068,7 @@ def _sum_partials(parts: torch.Tensor, dtype: torch.dtype, kernel_size: int, by_
     the dq kernel (``R = K``) or the fused backward (``by_key_row``, ``R = 2K - 1``). A map with few
     heads × d_rpb rows (SegMAN-S stage 1: 2·21) splits the partials so that every SM streams some; the
     splits' sums are added by a second small kernel (a fixed order: deterministic).  128 partials per
-    step on 4 warps, at least 2 steps per split: 0.1-2.4 µs faster than 256 on 8 warps at every
-    SegMAN-S stage on an H100 (benchmarks/RESULTS.md, fourteenth session)."""
+    step on 4 warps, at least 2 steps per split: wider steps on more warps are slower."""
     batch, height, tiles_w, heads, _, nbc = parts.shape
     nb = 2 * kernel_size - 1
     n_parts = batch * height * tiles_w
@@ -1121,8 +1116,8 @@ def _backward_fused(q, k, v, table, o, lse, do, kernel_size: int, scale: float, 
     rpb_grad = rpb_dtype is not None
     delta = torch.empty_like(lse)
     dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    # 1024 elements per program (8 per thread) on 4 warps: as fast as 2048-8192 on 4-8 warps at every SegMAN-S
-    # stage; rows addressed as vectors (ALIGN) at head_dim 36: 11-38 % faster (benchmarks/RESULTS.md)
+    # 1024 elements per program (8 per thread) on 4 warps: larger blocks are no faster; rows are addressed
+    # as vectors (ALIGN) where the head_dim and strides allow
     head_pad = triton.next_power_of_2(head_dim)
     block = 1024 // head_pad
     _bwd_prep_kernel[(triton.cdiv(lse.numel(), block),)](o, do, delta, dq_sum, *_strides4(o), *_strides4(do), heads,
