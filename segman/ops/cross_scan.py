@@ -30,7 +30,7 @@ def _runs(op, backend: str):
 
 
 # Fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
-# transposes (benchmarks/RESULTS.md, "GPU selective scan").
+# transposes (docs/performance.md).
 SCAN_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_scan_op, "triton")),
                  Backend("torch", runs_anywhere, _runs(library.cross_scan_op, "torch"))]
 MERGE_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_merge_op, "triton")),

@@ -35,7 +35,7 @@ def _run(backend: str):
     return run
 
 
-# Fastest first (benchmarks/RESULTS.md, "GPU selective scan", H100): the CUDA extension when it is
+# Fastest first (docs/performance.md, H100): the CUDA extension when it is
 # built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
 BACKENDS = [Backend("cuda", _cuda_can_run, _run("cuda")),
             Backend("triton", _triton_can_run, _run("triton")),

@@ -49,7 +49,7 @@ def _triton_run(x, delta, A, B, C, D, delta_bias, delta_softplus):
     return library.ss2d_scan_op(x, delta, A, B, C, D, delta_bias, delta_softplus, "triton")[0]
 
 
-# Fastest first (benchmarks/RESULTS.md, "SS2D step", H100): the fused Triton kernel wins the forward at
+# Fastest first (docs/performance.md, H100): the fused Triton kernel wins the forward at
 # small maps but loses the backward everywhere, so the unfused chain comes first.
 BACKENDS = [Backend("unfused", runs_anywhere, _composed(None, None)),
             Backend("triton", _triton_can_run, _triton_run),

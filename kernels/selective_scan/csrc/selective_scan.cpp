@@ -25,7 +25,7 @@ namespace {
 using segman_scan::ScanParams;
 
 // Kernel variants of d_state 1, for tests and benchmarks.  Forward: 0 = the measured default
-// (benchmarks/RESULTS.md), 1 / 2 = one warp per row with the low / high occupancy register budget,
+// (docs/performance.md), 1 / 2 = one warp per row with the low / high occupancy register budget,
 // 3 = one block per row (fwd_min_blocks and scan_fwd_row_block_kernel in selective_scan.cuh).
 // Backward: 0 = default, 1 = low, 2 = high occupancy.  d_state > 1 always runs one warp per row.
 int g_fwd_mode = 0;
@@ -49,7 +49,7 @@ int multiprocessors(const at::Tensor& t) {
   return cached[dev];
 }
 
-// Measured on an H100 (benchmarks/RESULTS.md): the high-occupancy forward wins only when the rows
+// Measured on an H100 (docs/performance.md): the high-occupancy forward wins only when the rows
 // (one warp each) fit on the GPU at once with it but not without it, which removes a mostly empty
 // second wave (SegMAN-S stage 1 in bf16: 1.52x -> 1.26x the floor); elsewhere its spills cost more.
 // The backward runs 16 warps per SM instead of 12 for 16-bit inputs (SegMAN-S shapes: 1.31-1.46x

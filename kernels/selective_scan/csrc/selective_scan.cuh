@@ -124,7 +124,7 @@ __device__ __forceinline__ void store_items(T* p, int valid, const float (&in)[k
 // at out.  Stored so that each of the two store instructions writes 512 contiguous bytes (steps
 // 128 i + 4 l .. + 3 from lane 16 i + l / 2, swapped in with shuffles) rather than every other 16
 // bytes of 1 KB (the backward's du and ddelta for fp32 inputs: 2-4 % faster on an H100; the
-// forward's fp32 output measured slower this way, benchmarks/RESULTS.md).  Steps from `left` on
+// forward's fp32 output measured slower this way, docs/performance.md).  Steps from `left` on
 // are skipped.
 __device__ __forceinline__ void store_chunk_coalesced(float* out, const float (&y)[kItems], int lane, int left) {
   static_assert(kItems == 8, "two 512-byte stores per warp");
@@ -371,7 +371,7 @@ scan_fwd_kernel(const ScanParams p) {
 // chunks of each input in one go (a chunk: 512 bytes of bf16, 1 KB of fp32) where a warp streams
 // one; the warps' chunk maps are composed through shared memory (one barrier per step,
 // double-buffered) into each warp's carry-in and the carry of the next step.  On an H100 this beats
-// one warp per row by 3-8 % at SegMAN-S's L = 64² and 128² (benchmarks/RESULTS.md); at L = 32² (four
+// one warp per row by 3-8 % at SegMAN-S's L = 64² and 128² (docs/performance.md); at L = 32² (four
 // chunks) it does not, and the host keeps that case on scan_fwd_kernel.  Warps past the last chunk
 // scan identity maps (dt = 0) and store nothing.
 template <typename T, bool kVec, int kWarps, int kMinBlocks>

@@ -95,7 +95,7 @@ def _cross_merge_kernel(y_ptr, out_ptr, channels, height, width,
 
 def _launch(kernel, t: torch.Tensor, out: torch.Tensor, batch: int, channels: int, height: int, width: int,
             strides: tuple) -> None:
-    """64 × 64 tiles, or 32 × 32 on maps narrower than 64 (measured on an H100: benchmarks/RESULTS.md)."""
+    """64 × 64 tiles, or 32 × 32 on maps narrower than 64 (measured on an H100: docs/performance.md)."""
     tile = 64 if min(height, width) >= 64 else 32
     grid = (batch * channels, triton.cdiv(height, tile), triton.cdiv(width, tile))
     kernel[grid](t, out, channels, height, width, *strides, TILE=tile, num_warps=4)
