@@ -14,7 +14,7 @@ TINY_INPUT = 96
 
 @functools.lru_cache(maxsize=None)
 def meta_encoder(variant: str, backbone: bool):
-    """A full-size encoder on the meta device (shapes only, no memory), built once per session."""
+    """A full-size encoder on the meta device (shapes only, no memory), built once per test process."""
     with torch.device("meta"):
         return segman_encoder(variant, backbone=backbone)
 
