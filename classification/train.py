@@ -26,7 +26,9 @@ Output, in ``--output/<model>-<input size>/``:
 Every checkpoint holds ``state_dict`` and ``state_dict_ema`` without ``module.`` prefixes (plus
 ``epoch``, ``arch``, ``optimizer``, ``amp_scaler`` with fp16 AMP, ``args``, ``version``, ``metric``):
 ``segman.models.load_encoder_checkpoint`` and the segmentation backbones (``pretrained=``) load it
-as it is and take ``state_dict_ema``.  ``--resume`` continues from one.
+as it is and take ``state_dict_ema``.  ``--resume`` continues from one (from the newest readable
+checkpoint beside it if that file is damaged).  Files are written atomically (temporary file, fsync,
+rename), and a non-finite loss stops training before anything of that epoch is saved.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -55,6 +58,7 @@ from tqdm import tqdm
 
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
 from segman.models import COMPILE_MODES, CheckpointError, compile_regions, load_checkpoint_file
+from segman.models.checkpoint import atomic_path, newest_loadable
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 
 import timm_compat
@@ -159,6 +163,26 @@ def apply_recipe(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+class AtomicCheckpointSaver(CheckpointSaver):
+    """timm's ``CheckpointSaver`` writing every file through ``atomic_path`` (temporary file, fsync,
+    rename) and replacing ``last`` in one rename, so a kill never leaves a partial or missing file."""
+
+    def _save(self, save_path, epoch, metric=None):
+        with atomic_path(save_path) as tmp:
+            super()._save(tmp, epoch, metric)
+
+    def _replace(self, src, dst):
+        os.replace(src, dst)
+
+
+def checkpoints_newest_first(folder: str) -> list[str]:
+    """``last.pth.tar``, then ``checkpoint[-ema]-E.pth.tar`` by epoch, highest first."""
+    numbered = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder)
+                if (m := re.fullmatch(r"checkpoint(?:-ema)?-(\d+)\.pth\.tar", name))]
+    last = os.path.join(folder, "last.pth.tar")
+    return ([last] if os.path.isfile(last) else []) + [p for _, p in sorted(numbered, reverse=True)]
+
+
 def resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                       loss_scaler: Optional[NativeScaler], model_ema: Optional[ModelEmaV3], arch: str) -> int:
     """Restore model, optimizer, EMA and AMP scaler from a ``train.py`` checkpoint.
@@ -169,7 +193,16 @@ def resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimi
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume checkpoint {path!r} not found")
-    checkpoint = load_checkpoint_file(path)
+    try:
+        checkpoint = load_checkpoint_file(path)
+    except CheckpointError as e:  # e.g. a run killed while writing it: the newest readable neighbour
+        fallback = newest_loadable([p for p in checkpoints_newest_first(os.path.dirname(path) or ".")
+                                    if os.path.realpath(p) != os.path.realpath(path)])
+        if fallback is None:
+            raise
+        print(f"warning: {e}\nresuming from {fallback!r} instead, the newest readable checkpoint beside it",
+              file=sys.stderr)
+        checkpoint = load_checkpoint_file(fallback)
     needed = ("epoch", "state_dict", "optimizer")
     if not isinstance(checkpoint, Mapping) or any(k not in checkpoint for k in needed):
         raise CheckpointError(f"{path!r} is not a training checkpoint (it needs {', '.join(needed)}); "
@@ -197,6 +230,7 @@ def train_one_epoch(epoch: int, model: nn.Module, loader: Any, optimizer: torch.
     """One pass over the training set; returns ``{loss, images_per_s}`` and the update count."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (args.primary and args.progress), dynamic_ncols=True)
     start = time.perf_counter()
@@ -217,7 +251,13 @@ def train_one_epoch(epoch: int, model: nn.Module, loader: Any, optimizer: torch.
         lr_scheduler.step_update(num_updates=num_updates)
         loss_sum += loss.detach().double() * images.size(0)
         seen += images.size(0)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         if step % args.log_interval == 0 or step == len(loader) - 1:
+            if first_bad.item() >= 0:  # checked when the loss is read anyway: no extra synchronisation
+                raise FloatingPointError(
+                    f"training stopped in epoch {epoch}: the loss is not finite since step {first_bad.item()} of "
+                    f"{len(loader)} (now {loss.item()}); nothing of this epoch was saved.  Lower the learning rate "
+                    f"(--lr / --lr-base), clip gradients (--clip-grad), or use --amp-dtype bfloat16 instead of float16")
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -314,9 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if name == "checkpoints_ema" and model_ema is None:
                 continue
             os.makedirs(os.path.join(output_dir, name), exist_ok=True)
-            savers[name] = CheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
-                                           checkpoint_prefix=prefix, checkpoint_dir=os.path.join(output_dir, name),
-                                           max_history=args.checkpoint_hist)
+            savers[name] = AtomicCheckpointSaver(
+                model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler, checkpoint_prefix=prefix,
+                checkpoint_dir=os.path.join(output_dir, name), max_history=args.checkpoint_hist)
             last = os.path.join(output_dir, name, "last.pth.tar")
             if args.resume and os.path.isfile(last):  # continue the ranking of a run resumed in place
                 savers[name].load_state_dict_from_checkpoint(last)
@@ -402,5 +442,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

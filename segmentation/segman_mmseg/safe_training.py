@@ -30,10 +30,6 @@ _NUMBERED = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")
 _TEMPORARY = re.compile(r"^\..+\.pth\..+\.tmp$")
 
 
-class NonFiniteTrainingError(RuntimeError):
-    """The loss or the weights stopped being finite."""
-
-
 def _atomic_save(save_checkpoint):
     """Wrap mmcv's ``save_checkpoint(model, filename, ...)`` to write local files atomically."""
     @functools.wraps(save_checkpoint)
@@ -96,7 +92,7 @@ class StopOnNonFinite(Hook):
     def _stop(runner, what: str) -> None:
         saved = checkpoints_newest_first(runner.work_dir)
         kept = f"the newest checkpoint, {osp.realpath(saved[0])}, is from before" if saved else "no checkpoint was written"
-        raise NonFiniteTrainingError(
+        raise FloatingPointError(
             f"training stopped at iteration {runner.iter + 1}: {what}; {kept}.  Lower the learning rate "
             f"(--cfg-options optimizer.lr=...), clip gradients (optimizer_config.grad_clip=dict(max_norm=...)), "
             f"or train in bf16 or fp32 rather than fp16")

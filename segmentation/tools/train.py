@@ -28,7 +28,7 @@ import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv com
 from segman.models import COMPILE_MODES, CheckpointError, compile_regions
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 from segman_mmseg.config_checks import check_config, load_config, report_batch_size
-from segman_mmseg.safe_training import NON_FINITE_PRIORITY, NonFiniteTrainingError
+from segman_mmseg.safe_training import NON_FINITE_PRIORITY
 
 
 def parse_args() -> argparse.Namespace:
@@ -143,7 +143,7 @@ def main() -> None:
     try:
         train_segmentor(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
                         timestamp=timestamp, meta=meta)
-    except (NonFiniteTrainingError, CheckpointError) as e:
+    except (FloatingPointError, CheckpointError) as e:  # divergence, no readable checkpoint
         logger.error(str(e))
         raise SystemExit(f"error: {e}") from None
     if torch.cuda.is_available():

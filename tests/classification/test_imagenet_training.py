@@ -211,3 +211,50 @@ def test_scripts_train_distributed_and_validate(synthetic_root, tmp_path):
     results = json.loads(results_file.read_text())
     row = _summary(experiment)[0]
     assert results["top1"] == pytest.approx(float(row["eval_ema_top1"]), abs=1e-3)
+
+
+def test_resume_falls_back_past_a_damaged_last_checkpoint(interrupted, tmp_path, capsys):
+    """A run killed while writing ``last``: resume warns, names the file, and takes ``checkpoint-0``."""
+    _, stopped_experiment, stopped = interrupted
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(stopped_experiment / "checkpoints", folder)
+    last = folder / "last.pth.tar"
+    data = last.read_bytes()
+    last.unlink()  # a new file: checkpoint-0 may be a hard link to the old one
+    last.write_bytes(data[:len(data) // 3])
+    model = timm.create_model("SegMANEncoder_t")
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
+    model_ema = timm.utils.ModelEmaV3(model, decay=0.99984)
+    assert train.resume_checkpoint(str(last), model, optimizer, None, model_ema, "SegMANEncoder_t") == 1
+    err = capsys.readouterr().err
+    assert "last.pth.tar' is not a readable checkpoint" in err and "checkpoint-0.pth.tar" in err
+    assert all(torch.equal(v, stopped[1]["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_an_interrupted_save_keeps_the_previous_last_checkpoint(tmp_path, monkeypatch):
+    model = timm.create_model("SegMANEncoder_t", num_classes=2)
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3)
+    saver = train.AtomicCheckpointSaver(model, optimizer, checkpoint_dir=str(tmp_path), max_history=2)
+    saver.save_checkpoint(0, metric=1.0)
+    real_save = torch.save
+
+    def killed(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        saver.save_checkpoint(1, metric=2.0)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint_file(tmp_path / "last.pth.tar")["epoch"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0.pth.tar", "last.pth.tar",
+                                                          "model_best.pth.tar"]
+
+
+def test_a_diverging_run_stops_before_saving(synthetic_root, tmp_path):
+    argv = train_argv(synthetic_root, tmp_path, "--lr", "1e6", "--warmup-epochs", "0", "--clip-grad", "0",
+                      "--log-interval", "1")
+    with pytest.raises(FloatingPointError, match=r"training stopped in epoch 0: the loss is not finite since step"):
+        train.main(argv)
+    assert not list(tmp_path.rglob("*.pth.tar"))
