@@ -186,7 +186,7 @@ def test_temporary_exclusions_are_still_needed():
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("see shared/SPEC.md §4", ["shared/SPEC.md"]),
+    ("see shared/NOTES.md §4", ["shared/NOTES.md"]),
     ("python .bench_old/scan_sweep.py --all", [".bench_old/scan_sweep.py"]),
     ("segman/models/encoder.py, then docs/model.md §3.", ["segman/models/encoder.py", "docs/model.md"]),
     ("https://github.com/x/y/blob/main/setup.py and pip install 'fvcore==0.1.5' -e .", []),
@@ -197,7 +197,7 @@ def test_path_tokens(text, expected):
 
 
 @pytest.mark.parametrize("token,mentioned_in,expected", [
-    ("shared/SPEC.md", "segman/models/encoder.py", False),            # outside the repository
+    ("shared/NOTES.md", "segman/models/encoder.py", False),            # outside the repository
     (".bench_old/scan_sweep.py", "segman/ops/ss2d.py", False),
     ("segman/models/no_such_module.py", "docs/model.md", False),      # a top-level folder, wrong file
     ("docs/model.md", "segman/models/encoder.py", True),
