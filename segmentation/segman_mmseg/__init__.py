@@ -1,5 +1,6 @@
 """mmseg 0.30 plugin for SegMAN: registers the backbones ``SegMANEncoder_{t,s,b,l,l2}``, the head
-``SegMANDecoder`` (alias ``MMSCDecoder``) and the ``AlignedResize`` transform, and applies the
+``SegMANDecoder`` (alias ``MMSCDecoder``), the ``AlignedResize`` transform and loaders that name bad
+files (:mod:`segman_mmseg.loading`), and applies the
 mmcv-full 1.7.2 compatibility fixes for current torch (:mod:`segman_mmseg.compat`), crash-safe
 checkpoints and a validating ``--auto-resume`` (:mod:`segman_mmseg.safe_training`).
 
@@ -10,4 +11,4 @@ from . import compat, safe_training
 compat.apply()
 safe_training.install()
 
-from . import backbone, decode_head, transforms  # noqa: E402,F401  (registration side effects)
+from . import backbone, decode_head, loading, transforms  # noqa: E402,F401  (registration side effects)

@@ -56,6 +56,24 @@ class SegMANDecoder(MMSCFusion, BaseDecodeHead):
         """The four encoder maps → logits ``(B, num_classes, H/8, W/8)``."""
         return self.cls_seg(self.fuse(self._transform_inputs(inputs)))
 
+    def forward_train(self, inputs, img_metas, gt_semantic_seg, train_cfg) -> dict:
+        """mmseg's ``forward_train``, after checking that every label is a class or the ignore index."""
+        self.check_labels(gt_semantic_seg, img_metas)
+        return super().forward_train(inputs, img_metas, gt_semantic_seg, train_cfg)
+
+    def check_labels(self, labels: torch.Tensor, img_metas: Sequence[dict]) -> None:
+        """Raise ``ValueError`` naming the images whose labels ``(B, 1, H, W)`` hold values outside
+        ``[0, num_classes)`` other than ``ignore_index`` (one synchronisation per step)."""
+        bad = ((labels < 0) | (labels >= self.num_classes)) & (labels != self.ignore_index)
+        if not bad.any():
+            return
+        per_image = bad.flatten(1).any(1).tolist()
+        files = [meta.get("filename", f"image {i}") for i, (meta, b) in enumerate(zip(img_metas, per_image)) if b]
+        values = labels[bad].unique()[:8].tolist()
+        raise ValueError(f"labels {values} are outside the {self.num_classes} classes (0..{self.num_classes - 1}, "
+                         f"ignore index {self.ignore_index}) in {', '.join(files)}; check the label maps, or the "
+                         f"config's num_classes / reduce_zero_label")
+
     def losses(self, seg_logit: torch.Tensor, seg_label: torch.Tensor) -> dict:
         """mmseg's losses, with the logits brought to the label's size by ``segman.ops.bilinear_resize``
         (same values, a backward of matrix products instead of atomic adds); mmseg's own resize is then

@@ -1,0 +1,61 @@
+"""Bad dataset files are named: unreadable images and label maps, labels of another size than their
+image (:mod:`segman_mmseg.loading`), label values outside the classes (the head's ``check_labels``)."""
+from __future__ import annotations
+
+import shutil
+
+import mmcv
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, run_tool
+from mmseg.datasets.builder import PIPELINES
+
+import segman_mmseg  # noqa: F401  (registers the loaders under mmseg's names)
+from segman_mmseg.decode_head import SegMANDecoder
+
+TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
+
+
+def _image_results(folder, name):
+    return dict(img_prefix=str(folder), img_info=dict(filename=name, ann=dict(seg_map=name[:-4] + ".png")),
+                seg_prefix=str(folder), ann_info=dict(seg_map=name[:-4] + ".png"), seg_fields=[])
+
+
+@pytest.mark.parametrize("content", [b"this is a text file", b"\xff\xd8\xff\xe0 a truncated jpeg"],
+                         ids=["text", "truncated"])
+def test_an_unreadable_image_is_named(tmp_path, content):
+    (tmp_path / "bad.jpg").write_bytes(content)
+    load = mmcv.build_from_cfg(dict(type="LoadImageFromFile"), PIPELINES)
+    with pytest.raises(ValueError, match=r"bad\.jpg: not a readable image"):
+        load(_image_results(tmp_path, "bad.jpg"))
+
+
+def test_a_label_of_another_size_is_named(tmp_path):
+    mmcv.imwrite(np.zeros((30, 40, 3), np.uint8), str(tmp_path / "a.jpg"))
+    mmcv.imwrite(np.zeros((30, 41), np.uint8), str(tmp_path / "a.png"))
+    results = mmcv.build_from_cfg(dict(type="LoadImageFromFile"), PIPELINES)(_image_results(tmp_path, "a.jpg"))
+    with pytest.raises(ValueError, match=r"a\.png: label map of 41×30 px for an image of 40×30 px"):
+        mmcv.build_from_cfg(dict(type="LoadAnnotations"), PIPELINES)(results)
+
+
+def test_labels_outside_the_classes_are_named():
+    head = SegMANDecoder(feat_proj_dim=8, in_channels=[8, 8, 8, 8], in_index=[0, 1, 2, 3], channels=8,
+                         num_classes=5, norm_cfg=dict(type="BN", requires_grad=True))
+    labels = torch.full((2, 1, 4, 4), 3)
+    labels[0, 0, 0, 0] = 255                  # the ignore index is fine
+    head.check_labels(labels, [dict(filename="a.png"), dict(filename="b.png")])
+    labels[1, 0, 1, 1] = 200
+    with pytest.raises(ValueError, match=r"labels \[200\] are outside the 5 classes .* in b\.png"):
+        head.check_labels(labels, [dict(filename="a.png"), dict(filename="b.png")])
+
+
+def test_training_names_a_broken_image(toy_root, tmp_path):
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    broken = sorted((root / "images" / "training").glob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    options = [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
+    proc = run_tool("train.py", TOY, "--work-dir", str(tmp_path / "work"), "--no-validate", "--cfg-options",
+                    *options, "data.samples_per_gpu=8", "data.workers_per_gpu=0", "runner.max_iters=1", check=False)
+    assert proc.returncode != 0 and f"{broken}: not a readable image" in proc.stdout + proc.stderr
