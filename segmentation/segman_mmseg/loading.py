@@ -26,8 +26,8 @@ class LoadImageNamingBadFiles(LoadImageFromFile):
         try:
             return super().__call__(results)
         except (AttributeError, TypeError) as e:  # mmcv decoded nothing
-            raise ValueError(f"{path}: not a readable image (truncated, or not an image file); "
-                             f"replace or remove it") from e
+            raise ValueError(f"{path}: not a readable image (truncated, or not an image file); replace or "
+                             f"remove it (tools/check_dataset.py CONFIG lists every bad file at once)") from e
 
 
 @PIPELINES.register_module(name="LoadAnnotations", force=True)

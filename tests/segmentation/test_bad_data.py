@@ -59,3 +59,27 @@ def test_training_names_a_broken_image(toy_root, tmp_path):
     proc = run_tool("train.py", TOY, "--work-dir", str(tmp_path / "work"), "--no-validate", "--cfg-options",
                     *options, "data.samples_per_gpu=8", "data.workers_per_gpu=0", "runner.max_iters=1", check=False)
     assert proc.returncode != 0 and f"{broken}: not a readable image" in proc.stdout + proc.stderr
+
+
+def test_check_dataset_lists_every_bad_file(toy_root, tmp_path, capsys):
+    from check_dataset import main
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    images = sorted((root / "images" / "training").glob("*.jpg"))
+    labels = sorted((root / "annotations" / "training").glob("*.png"))
+    images[0].write_bytes(b"not an image")
+    label = mmcv.imread(str(labels[1]), flag="unchanged")
+    label[0, 0] = 200
+    mmcv.imwrite(label, str(labels[1]))
+    mmcv.imwrite(np.zeros((10, 10), np.uint8), str(labels[2]))
+    labels[3].unlink()
+    options = [f"data.{split}.data_root={root}" for split in ("train", "val")]
+    assert main([TOY, "--cfg-options", *options]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"train: {images[0]}: not a readable image",
+                   f"train: {labels[1]}: values [200] outside the 5 classes, stored as class + 1 "
+                   f"(reduce_zero_label) (ignore index 255)",
+                   f"train: {labels[2]}: 10×10 px, its image 224×224",
+                   f"train: {labels[3]}: missing (the label map of {images[3]})"]
+    assert main([TOY, "--cfg-options", *[f"data.{split}.data_root={toy_root}" for split in ("train", "val")]]) == 0
