@@ -4,7 +4,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os.path as osp
-import warnings
 
 from mmcv.utils import Config
 
@@ -59,19 +58,69 @@ def check_data_roots(cfg: Config, splits: tuple[str, ...]) -> None:
                     f"--cfg-options data.{split}.data_root=/path/to/dataset")
 
 
-def warn_misspelled_keys(cfg: Config) -> None:
-    """Warn about top-level keys that look like typos of keys mmseg reads (they would be ignored)."""
+def reject_misspelled_keys(cfg: Config) -> None:
+    """ValueError for a top-level key that looks like a typo of a key mmseg reads: as written it would
+    be ignored (``optimzer.lr=...`` would train at the config's rate)."""
     for key in cfg.keys():
         if key in KNOWN_TOP_LEVEL_KEYS or key.startswith('_'):
             continue
         close = difflib.get_close_matches(key, KNOWN_TOP_LEVEL_KEYS, n=1, cutoff=0.8)
         if close:
-            warnings.warn(f"config key '{key}' is not used by mmseg; did you mean '{close[0]}'?")
+            raise ValueError(f"config key '{key}' is not used by mmseg; did you mean '{close[0]}'? "
+                             f"As written it would be ignored")
+
+
+# (dotted key, type, smallest value): settings whose wrong type would fail deep inside mmcv or torch
+TYPED_KEYS = (('runner.max_iters', int, 1), ('runner.max_epochs', int, 1), ('data.samples_per_gpu', int, 1),
+              ('data.workers_per_gpu', int, 0), ('optimizer.lr', (int, float), 0),
+              ('optimizer.weight_decay', (int, float), 0), ('checkpoint_config.interval', int, 1),
+              ('evaluation.interval', int, 1), ('log_config.interval', int, 1))
+
+
+def _lookup(cfg: Config, dotted: str):
+    value = cfg
+    for part in dotted.split('.'):
+        try:
+            value = value[part]
+        except (KeyError, TypeError):
+            return None
+    return value
+
+
+def check_value_types(cfg: Config) -> None:
+    """TypeError / ValueError naming a setting of the wrong type or range, and the crop sizes of the
+    pipelines (two positive integers)."""
+    for key, kind, least in TYPED_KEYS:
+        value = _lookup(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"config key {key} must be {'an integer' if kind is int else 'a number'}, "
+                            f"got {value!r} ({type(value).__name__}); e.g. --cfg-options {key}={max(least, 1)}")
+        if value < least:
+            raise ValueError(f"config key {key} must be at least {least}, got {value}")
+    for split in ('train', 'val', 'test'):
+        pipeline = _unwrap(_lookup(cfg, f'data.{split}') or {}).get('pipeline', [])
+        for i, step in enumerate(_flatten(pipeline)):
+            size = step.get('crop_size')
+            if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2
+                                         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                 for v in size)):
+                raise TypeError(f"data.{split}.pipeline step {i} ({step.get('type')}): crop_size must be two "
+                                f"positive integers (height, width), got {size!r}")
+
+
+def _flatten(pipeline):
+    """The steps of a pipeline, with those nested in ``MultiScaleFlipAug``-style wrappers."""
+    for step in pipeline:
+        yield step
+        yield from _flatten(step.get('transforms', []))
 
 
 def check_config(cfg: Config, training: bool) -> None:
     """Everything that can be checked before building models and data loaders."""
-    warn_misspelled_keys(cfg)
+    reject_misspelled_keys(cfg)
+    check_value_types(cfg)
     check_data_roots(cfg, ('train', 'val') if training else ('test',))
 
 
@@ -79,6 +128,9 @@ def report_batch_size(cfg: Config, world_size: int, logger: logging.Logger) -> i
     """Log the total batch and warn when it differs from the paper's recipe; returns the total."""
     per_gpu = cfg.data.samples_per_gpu
     total = per_gpu * world_size
+    if total == 1:
+        raise ValueError("a total batch of 1 image cannot train the decoder: its image-pool BatchNorm sees one "
+                         "value per channel.  Use data.samples_per_gpu >= 2, or several GPUs (SyncBN spans them)")
     dataset_type = _unwrap(cfg.data.train).get('type')
     logger.info(f"total batch size: {total} ({world_size} process(es) × {per_gpu} samples)")
     expected = PAPER_TOTAL_BATCH.get(dataset_type)

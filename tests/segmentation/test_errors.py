@@ -9,7 +9,7 @@ from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401
 from mmseg.models import build_segmentor
-from segman_mmseg.config_checks import check_config, load_config, report_batch_size, warn_misspelled_keys
+from segman_mmseg.config_checks import check_config, load_config, reject_misspelled_keys, report_batch_size
 
 T_ADE = str(CONFIGS / "segman/tiny/segman_t_ade.py")
 
@@ -55,11 +55,33 @@ def test_missing_data_root_names_the_folder_and_the_fix(tmp_path, monkeypatch):
         check_config(_cfg(), training=True)
 
 
-def test_misspelled_top_level_key_warns():
+def test_misspelled_top_level_key_is_an_error():
     cfg = _cfg()
     cfg.evalution = dict(interval=10)
-    with pytest.warns(UserWarning, match="did you mean 'evaluation'"):
-        warn_misspelled_keys(cfg)
+    with pytest.raises(ValueError, match="did you mean 'evaluation'"):
+        reject_misspelled_keys(cfg)
+
+
+@pytest.mark.parametrize("options,error,match", [
+    ({"runner.max_iters": "six"}, TypeError, r"runner.max_iters must be an integer, got 'six'"),
+    ({"optimizer.lr": "1e-4"}, TypeError, r"optimizer.lr must be a number"),
+    ({"data.samples_per_gpu": 0}, ValueError, r"data.samples_per_gpu must be at least 1"),
+    ({"data.train.dataset.pipeline.3.crop_size": "224"}, TypeError, r"crop_size must be two positive integers"),
+])
+def test_settings_of_the_wrong_type_are_named(options, error, match, monkeypatch):
+    cfg = _cfg()
+    cfg.merge_from_dict(options)
+    monkeypatch.setattr("segman_mmseg.config_checks.check_data_roots", lambda cfg, splits: None)
+    with pytest.raises(error, match=match):
+        check_config(cfg, training=True)
+
+
+def test_a_total_batch_of_one_says_what_to_set():
+    cfg = _cfg()
+    cfg.data.samples_per_gpu = 1
+    with pytest.raises(ValueError, match="data.samples_per_gpu >= 2"):
+        report_batch_size(cfg, world_size=1, logger=logging.getLogger("test_batch"))
+    report_batch_size(cfg, world_size=8, logger=logging.getLogger("test_batch"))
 
 
 def test_total_batch_differing_from_the_paper_warns(caplog):
