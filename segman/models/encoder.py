@@ -332,6 +332,22 @@ class SegMANEncoder(nn.Module):
         need = max(k * 4 * 2 ** i for i, k in enumerate(self.window_sizes))
         return 32 * math.ceil(need / 32)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """ValueError naming what is wrong with an input batch: layout, dtype, channels or size."""
+        if x.dim() != 4:
+            raise ValueError(f"SegMANEncoder takes a (B, C, H, W) batch, got shape {tuple(x.shape)}; "
+                             f"add the batch dimension with x[None]")
+        if not x.is_floating_point():
+            raise ValueError(f"SegMANEncoder takes a normalised floating-point image, got {x.dtype}; convert "
+                             f"with x.float() and normalise (mean/std) as the model was trained")
+        if x.dtype == torch.float16 and x.device.type == "cpu":
+            raise ValueError("float16 inputs need a GPU; on the CPU use float32 (or bfloat16 autocast)")
+        in_chans = self.patch_embed[0].in_channels
+        if x.shape[1] != in_chans:
+            raise ValueError(f"SegMANEncoder takes {in_chans}-channel images, got {x.shape[1]} channels"
+                             + ("; drop the alpha channel (x[:, :3])" if x.shape[1] == 4 and in_chans == 3 else ""))
+        self._check_input_size(*x.shape[-2:])
+
     def _check_input_size(self, height: int, width: int) -> None:
         if height % 32 or width % 32:
             raise ValueError(f"SegMANEncoder needs an input whose height and width are multiples of 32, "
@@ -375,7 +391,7 @@ class SegMANEncoder(nn.Module):
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 3, H, W)`` → the stage outputs before downsampling: ``(B, C_i, H/2^(i+2), W/2^(i+2))``."""
-        self._check_input_size(*x.shape[-2:])
+        self._check_input(x)
         x = self.patch_embed(x)
         features = []
         for i, layer in enumerate(self.layers):

@@ -18,16 +18,24 @@ class AlignedResize(Resize):
 
     Args:
         size_divisor: the multiple both sides are resized up to (default 32).
+        min_side: the shorter side is then enlarged to at least this (keeping the ratio): the
+            model's smallest input (224 px for the released variants), so that images of any aspect
+            ratio can be predicted; 0 (default) leaves the size to the rescale.  Unlike mmseg's
+            ``min_size``, it changes nothing where the rescale already gives enough.
         **kwargs: the arguments of mmseg's ``Resize``.
     """
 
-    def __init__(self, size_divisor: int = 32, **kwargs):
+    def __init__(self, size_divisor: int = 32, min_side: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.size_divisor = size_divisor
+        self.min_side = min_side
 
     def _aligned(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) → (w', h') rounded up to the divisor, in mmcv's (w, h) size order."""
+        """(h, w) → (w', h'): the shorter side at least ``min_side``, both rounded up to the divisor, in
+        mmcv's (w, h) size order."""
         h, w = shape
+        grow = max(1.0, self.min_side / min(h, w))
+        h, w = round(h * grow), round(w * grow)
         d = self.size_divisor
         return int(math.ceil(w / d)) * d, int(math.ceil(h / d)) * d
 
@@ -48,4 +56,4 @@ class AlignedResize(Resize):
                                          interpolation='nearest')
 
     def __repr__(self) -> str:
-        return f'{super().__repr__()[:-1]}, size_divisor={self.size_divisor})'
+        return f'{super().__repr__()[:-1]}, size_divisor={self.size_divisor}, min_side={self.min_side})'

@@ -340,6 +340,20 @@ class TestErrors:
         with pytest.raises(ValueError, match="multiples of 32"):
             meta_encoder("t", True)(torch.empty(1, 3, 240, 256, device="meta"))
 
+    @pytest.mark.parametrize("shape,dtype,match", [
+        ((3, 224, 224), torch.float32, r"\(B, C, H, W\) batch, got shape \(3, 224, 224\)"),
+        ((1, 3, 224, 224), torch.uint8, "floating-point image, got torch.uint8"),
+        ((1, 4, 224, 224), torch.float32, r"3-channel images, got 4 channels; drop the alpha channel"),
+        ((1, 1, 224, 224), torch.float32, "3-channel images, got 1 channels"),
+    ])
+    def test_wrong_batches_are_named(self, shape, dtype, match):
+        with pytest.raises(ValueError, match=match):
+            meta_encoder("t", True)(torch.empty(*shape, dtype=dtype, device="meta"))
+
+    def test_float16_on_the_cpu_is_named(self):
+        with pytest.raises(ValueError, match="float16 inputs need a GPU"):
+            SegMANEncoder(**TINY, backbone=True)(torch.zeros(1, 3, 96, 96, dtype=torch.float16))
+
     def test_minimum_size(self):
         assert meta_encoder("t", True).min_input_size == 224
         assert SegMANEncoder(**TINY).min_input_size == 96

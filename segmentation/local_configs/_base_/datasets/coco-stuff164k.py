@@ -25,7 +25,7 @@ test_pipeline = [
         transforms=[
             # The original resizes twice (keep-ratio Resize, then AlignedResize); kept for parity.
             dict(type='Resize', keep_ratio=True),
-            dict(type='AlignedResize', keep_ratio=True, size_divisor=32),
+            dict(type='AlignedResize', keep_ratio=True, size_divisor=32, min_side=224),
             dict(type='RandomFlip'),
             dict(type='Normalize', **img_norm_cfg),
             dict(type='ImageToTensor', keys=['img']),

@@ -25,7 +25,7 @@ test_pipeline = [
         img_scale=(256, 256),
         flip=False,
         transforms=[
-            dict(type='AlignedResize', keep_ratio=True, size_divisor=32),
+            dict(type='AlignedResize', keep_ratio=True, size_divisor=32, min_side=224),
             dict(type='RandomFlip'),
             dict(type='Normalize', **img_norm_cfg),
             dict(type='ImageToTensor', keys=['img']),
