@@ -17,6 +17,7 @@ or global attention that uses the neighborhood-attention output as values (stage
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_function, register_notrace_module
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -34,9 +37,41 @@ from .checkpoint import checkpoint_filter_fn
 from .cuda_graph import TrainingGraph
 from .layers import VSSM, ConvFFN, LayerScale, RoPE2d, apply_rope
 
-__all__ = ["SegMANEncoder", "VARIANTS", "segman_encoder", "variant_config"]
+__all__ = ["SegMANEncoder", "VARIANTS", "segman_encoder", "variant_config", "check_input", "min_input_size"]
 
 RopeTables = tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (H, W, head_dim) float32
+
+
+def min_input_size(window_sizes: Sequence[int]) -> int:
+    """Smallest multiple of 32 whose stage maps (strides 4, 8, 16, 32) all cover their attention windows."""
+    need = max(k * 4 * 2 ** i for i, k in enumerate(window_sizes))
+    return 32 * math.ceil(need / 32)
+
+
+@register_notrace_function  # a leaf for torch.fx: checks shapes and dtypes, computes nothing
+def check_input(x: torch.Tensor, in_chans: int, window_sizes: tuple[int, ...]) -> None:
+    """ValueError naming what is wrong with an input batch for the encoder: layout, dtype, channels, size."""
+    if x.dim() != 4:
+        raise ValueError(f"SegMANEncoder takes a (B, C, H, W) batch, got shape {tuple(x.shape)}; "
+                         f"add the batch dimension with x[None]")
+    if not x.is_floating_point():
+        raise ValueError(f"SegMANEncoder takes a normalised floating-point image, got {x.dtype}; convert "
+                         f"with x.float() and normalise (mean/std) as the model was trained")
+    if x.dtype == torch.float16 and x.device.type == "cpu":
+        raise ValueError("float16 inputs need a GPU; on the CPU use float32 (or bfloat16 autocast)")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"SegMANEncoder takes {in_chans}-channel images, got {x.shape[1]} channels"
+                         + ("; drop the alpha channel (x[:, :3])" if x.shape[1] == 4 and in_chans == 3 else ""))
+    height, width = x.shape[-2:]
+    if height % 32 or width % 32:
+        raise ValueError(f"SegMANEncoder needs an input whose height and width are multiples of 32, "
+                         f"got {height}×{width}; resize or pad the image")
+    least = min_input_size(window_sizes)
+    if min(height, width) < least:
+        limits = ", ".join(f"stage {i + 1}: {k}×{k} window at 1/{4 * 2 ** i} → {k * 4 * 2 ** i} px"
+                           for i, k in enumerate(window_sizes))
+        raise ValueError(f"SegMANEncoder needs an input of at least {least}×{least} px ({limits}), "
+                         f"got {height}×{width}")
 
 
 class LASSMixer(nn.Module):
@@ -192,6 +227,7 @@ class Block(nn.Module):
         return first, self.drop_path(ones)
 
 
+@register_notrace_module  # a leaf for torch.fx (timm's feature extraction): its blocks branch on shapes
 class SegMANStage(nn.Module):
     """A stage (docs/model.md §2.2): RoPE tables computed once, then the blocks.
 
@@ -258,6 +294,8 @@ class SegMANEncoder(nn.Module):
         use_checkpoint: per stage, how many leading blocks use gradient checkpointing.
         backbone: build the segmentation form: no classifier, ``forward`` returns four maps.
         norm_layer: the blocks' norm (LayerNorm2d, eps 1e-6).
+        device, dtype: where and in which dtype the parameters are created (``device="meta"``: no
+            memory), as timm's ``create_model(..., device=, dtype=)`` passes them.
         cuda_graph: in training on a GPU, replay forward and backward from CUDA graphs captured
             on the first step (:mod:`segman.models.cuda_graph`: removes the host work that bounds
             small-batch training; input shape fixed; one forward per backward).
@@ -268,48 +306,52 @@ class SegMANEncoder(nn.Module):
                  mlp_ratios: Sequence[float] = (4, 4, 3, 3), layer_scale_init_value: Optional[float] = None,
                  num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0, image_size: int = 224,
                  head_hidden_size: int = 1024, use_checkpoint: Sequence[int] = (0, 0, 0, 0), backbone: bool = False,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d, cuda_graph: bool = False) -> None:
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d, cuda_graph: bool = False,
+                 device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        per_stage = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_sizes=window_sizes,
-                         mlp_ratios=mlp_ratios, use_checkpoint=use_checkpoint)
-        num_stages = len(embed_dims)
-        if any(len(v) != num_stages for v in per_stage.values()):
-            raise ValueError(f"per-stage settings must all have {num_stages} entries: "
-                             + ", ".join(f"{k}={tuple(v)}" for k, v in per_stage.items()))
-        self.embed_dims = tuple(embed_dims)
-        self.window_sizes = tuple(window_sizes)
-        self.backbone = backbone
-        self.num_classes = 0 if backbone else num_classes
-        self.num_features = embed_dims[-1]
-        self.head_hidden_size = head_hidden_size
-        self.training_graph = TrainingGraph(self, self._forward_eager) if cuda_graph else None
-        global_rpb_tokens = (image_size // 32) ** 2
+        with torch.device(device) if device is not None else contextlib.nullcontext():  # "meta": no memory
+            per_stage = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_sizes=window_sizes,
+                             mlp_ratios=mlp_ratios, use_checkpoint=use_checkpoint)
+            num_stages = len(embed_dims)
+            if any(len(v) != num_stages for v in per_stage.values()):
+                raise ValueError(f"per-stage settings must all have {num_stages} entries: "
+                                 + ", ".join(f"{k}={tuple(v)}" for k, v in per_stage.items()))
+            self.embed_dims = tuple(embed_dims)
+            self.window_sizes = tuple(window_sizes)
+            self.backbone = backbone
+            self.num_classes = 0 if backbone else num_classes
+            self.num_features = embed_dims[-1]
+            self.head_hidden_size = head_hidden_size
+            self.training_graph = TrainingGraph(self, self._forward_eager) if cuda_graph else None
+            global_rpb_tokens = (image_size // 32) ** 2
 
-        stem = embed_dims[0]
-        self.patch_embed = nn.Sequential(
-            *_conv_bn(in_chans, stem // 2, 2), nn.GELU(),
-            *_conv_bn(stem // 2, stem // 2, 1), nn.GELU(),
-            *_conv_bn(stem // 2, stem, 2), nn.GELU(),
-            *_conv_bn(stem, stem, 1))
+            stem = embed_dims[0]
+            self.patch_embed = nn.Sequential(
+                *_conv_bn(in_chans, stem // 2, 2), nn.GELU(),
+                *_conv_bn(stem // 2, stem // 2, 1), nn.GELU(),
+                *_conv_bn(stem // 2, stem, 2), nn.GELU(),
+                *_conv_bn(stem, stem, 1))
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.layers = nn.ModuleList()
-        self.feature_info = []
-        for i in range(num_stages):
-            last = i == num_stages - 1
-            self.layers.append(SegMANStage(
-                embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratios[i], global_mode=last,
-                global_rpb_tokens=global_rpb_tokens, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                layer_scale_init_value=layer_scale_init_value, norm_layer=norm_layer,
-                checkpoint_blocks=use_checkpoint[i]))
-            self.layers.append(nn.Identity() if last else _conv_bn(embed_dims[i], embed_dims[i + 1], 2))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f"layers.{2 * i}"))
+            dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+            self.layers = nn.ModuleList()
+            self.feature_info = []
+            for i in range(num_stages):
+                last = i == num_stages - 1
+                self.layers.append(SegMANStage(
+                    embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratios[i], global_mode=last,
+                    global_rpb_tokens=global_rpb_tokens, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                    layer_scale_init_value=layer_scale_init_value, norm_layer=norm_layer,
+                    checkpoint_blocks=use_checkpoint[i]))
+                self.layers.append(nn.Identity() if last else _conv_bn(embed_dims[i], embed_dims[i + 1], 2))
+                self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f"layers.{2 * i}"))
 
-        if not backbone:
-            self.classifier = nn.Sequential(
-                nn.Conv2d(embed_dims[-1], head_hidden_size, 1), nn.BatchNorm2d(head_hidden_size), nn.SiLU(),
-                nn.AdaptiveAvgPool2d(1), self._make_logits(num_classes))
-        self.apply(self._init_weights)
+            if not backbone:
+                self.classifier = nn.Sequential(
+                    nn.Conv2d(embed_dims[-1], head_hidden_size, 1), nn.BatchNorm2d(head_hidden_size), nn.SiLU(),
+                    nn.AdaptiveAvgPool2d(1), self._make_logits(num_classes))
+            self.apply(self._init_weights)
+        if dtype is not None:
+            self.to(dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -329,34 +371,7 @@ class SegMANEncoder(nn.Module):
     @property
     def min_input_size(self) -> int:
         """Smallest multiple of 32 whose stage maps all cover their attention windows."""
-        need = max(k * 4 * 2 ** i for i, k in enumerate(self.window_sizes))
-        return 32 * math.ceil(need / 32)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        """ValueError naming what is wrong with an input batch: layout, dtype, channels or size."""
-        if x.dim() != 4:
-            raise ValueError(f"SegMANEncoder takes a (B, C, H, W) batch, got shape {tuple(x.shape)}; "
-                             f"add the batch dimension with x[None]")
-        if not x.is_floating_point():
-            raise ValueError(f"SegMANEncoder takes a normalised floating-point image, got {x.dtype}; convert "
-                             f"with x.float() and normalise (mean/std) as the model was trained")
-        if x.dtype == torch.float16 and x.device.type == "cpu":
-            raise ValueError("float16 inputs need a GPU; on the CPU use float32 (or bfloat16 autocast)")
-        in_chans = self.patch_embed[0].in_channels
-        if x.shape[1] != in_chans:
-            raise ValueError(f"SegMANEncoder takes {in_chans}-channel images, got {x.shape[1]} channels"
-                             + ("; drop the alpha channel (x[:, :3])" if x.shape[1] == 4 and in_chans == 3 else ""))
-        self._check_input_size(*x.shape[-2:])
-
-    def _check_input_size(self, height: int, width: int) -> None:
-        if height % 32 or width % 32:
-            raise ValueError(f"SegMANEncoder needs an input whose height and width are multiples of 32, "
-                             f"got {height}×{width}; resize or pad the image")
-        if min(height, width) < self.min_input_size:
-            limits = ", ".join(f"stage {i + 1}: {k}×{k} window at 1/{4 * 2 ** i} → {k * 4 * 2 ** i} px"
-                               for i, k in enumerate(self.window_sizes))
-            raise ValueError(f"SegMANEncoder needs an input of at least {self.min_input_size}×"
-                             f"{self.min_input_size} px ({limits}), got {height}×{width}")
+        return min_input_size(self.window_sizes)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -389,16 +404,42 @@ class SegMANEncoder(nn.Module):
         self.classifier[-1] = logits
         logits.apply(self._init_weights)
 
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[int | Sequence[int]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the outputs of the stages ``indices`` picks (None: all; n: the last n; a
+        list: those), each ``(B, C_i, H/2^(i+2), W/2^(i+2))``, and unless ``intermediates_only`` the
+        last stage map as well (the classifier's input; with ``stop_early``, the map where the loop
+        stopped).  ``norm`` is accepted for timm's interface: the encoder has no final norm."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"SegMANEncoder gives NCHW features only, got output_fmt={output_fmt!r}")
+        num_stages = (len(self.layers) + 1) // 2  # stage, downsample, ..., stage[, identity]
+        take, last = feature_take_indices(num_stages, indices)
+        check_input(x, self.patch_embed[0].in_channels, self.window_sizes)
+        x = self.patch_embed(x)
+        intermediates = []
+        for i in range(last + 1 if stop_early else num_stages):
+            x = self.layers[2 * i](x)
+            if i in take:
+                intermediates.append(x)
+            if 2 * i + 1 < len(self.layers) and not (stop_early and i == last):
+                x = self.layers[2 * i + 1](x)  # downsampling into the next stage
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the classifier with ``prune_head``), as
+        timm's ``features_only`` models do; returns the absolute stage indices kept."""
+        take, last = feature_take_indices((len(self.layers) + 1) // 2, indices)
+        self.layers = self.layers[:2 * last + 1]
+        if prune_head and hasattr(self, "classifier"):
+            del self.classifier
+            self.num_classes = 0
+        return take
+
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 3, H, W)`` → the stage outputs before downsampling: ``(B, C_i, H/2^(i+2), W/2^(i+2))``."""
-        self._check_input(x)
-        x = self.patch_embed(x)
-        features = []
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i % 2 == 0:
-                features.append(x)
-        return features
+        return self.forward_intermediates(x, intermediates_only=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` → the last stage map ``(B, C4, H/32, W/32)``."""
@@ -406,8 +447,10 @@ class SegMANEncoder(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, C4, h, w)`` → logits ``(B, num_classes)``, or the pooled ``(B, 1024)`` with ``pre_logits``."""
-        x = self.classifier[:-1](x)
-        return x.flatten(1) if pre_logits else self.classifier[-1](x).flatten(1)
+        *pooling, logits = self.classifier  # the installed modules themselves (torch.fx traces them)
+        for layer in pooling:
+            x = layer(x)
+        return x.flatten(1) if pre_logits else logits(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Backbone form: the four stage maps; classification form: ``(B, num_classes)`` logits."""
@@ -454,13 +497,15 @@ def segman_encoder(variant: str, **kwargs: Any) -> SegMANEncoder:
 
 
 def _create_segman_encoder(name: str, pretrained: bool = False, **kwargs: Any) -> SegMANEncoder:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(SegMANEncoder, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 224, 224),
+        "pool_size": (7, 7),
         "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.0", "classifier": "classifier", "fixed_input_size": False,
         "paper_ids": "arXiv:2412.11890", **kwargs,
