@@ -12,17 +12,7 @@ import torch
 
 from . import library
 from ._checks import check_float
-from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
-
-
-def _triton_can_run(x) -> Optional[str]:
-    if x.device.type != "cuda":
-        return f"inputs are on {x.device.type}"
-    if not HAS_TRITON:
-        return "triton is not installed"
-    from .triton_backend.cross_scan import can_run
-
-    return can_run(x)
+from .dispatch import Backend, kernel_can_run, runs_anywhere, select
 
 
 def _runs(op, backend: str):
@@ -31,9 +21,10 @@ def _runs(op, backend: str):
 
 # Fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
 # transposes (docs/performance.md).
-SCAN_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_scan_op, "triton")),
+_TRITON_CAN_RUN = kernel_can_run("cross_scan", "triton")  # cross_merge's kernels live beside cross_scan's
+SCAN_BACKENDS = [Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_scan_op, "triton")),
                  Backend("torch", runs_anywhere, _runs(library.cross_scan_op, "torch"))]
-MERGE_BACKENDS = [Backend("triton", _triton_can_run, _runs(library.cross_merge_op, "triton")),
+MERGE_BACKENDS = [Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_merge_op, "triton")),
                   Backend("torch", runs_anywhere, _runs(library.cross_merge_op, "torch"))]
 
 

@@ -2,10 +2,11 @@
 
 Each public op owns an ordered list of :class:`Backend` entries (fastest first).  A backend
 declares a ``can_run`` predicate that returns ``None`` when it supports the inputs, or a short
-reason when it does not.  With no backend forced, the first one that can run is used and the
-reasons for skipping the others are logged at DEBUG level (``logging.getLogger("segman.ops")``).
-A forced backend that cannot run raises :class:`BackendError` with its reason: there is no
-silent fallback.
+reason when it does not; for a backend with kernels, :func:`kernel_can_run` builds it from the
+checks that live with the backend (its package's ``unavailable``, its module's ``can_run``).
+With no backend forced, the first one that can run is used and the reasons for skipping the
+others are logged at DEBUG level (``logging.getLogger("segman.ops")``).  A forced backend that
+cannot run raises :class:`BackendError` with its reason: there is no silent fallback.
 
 A backend is forced, in order of precedence, by
   1. the op's ``backend=`` argument,
@@ -17,7 +18,7 @@ The override is either one name for every op (``"torch"``) or per op
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -25,16 +26,14 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from .library import KERNEL_MODULES
+
 logger = logging.getLogger("segman.ops")
 
 ENV_VAR = "SEGMAN_OPS_BACKEND"
 ALL_OPS = ("selective_scan", "cross_scan", "cross_merge", "ss2d_scan", "neighborhood_attention_2d")
 
 _override: Optional[str] = None
-
-# Looked up once: torch.compile traces selection, and a failed import there would break the graph.
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-HAS_CUDA_EXTENSION = importlib.util.find_spec("segman_selective_scan") is not None
 
 
 class BackendError(RuntimeError):
@@ -59,6 +58,27 @@ class Backend:
 def runs_anywhere(*args, **kwargs) -> Optional[str]:
     """``can_run`` of backends that take every validated input (the torch references)."""
     return None
+
+
+def kernel_can_run(op: str, backend: str) -> Callable[..., Optional[str]]:
+    """``can_run`` of ``backend`` for ``op``, from the checks that live with the backend.
+
+    The kernels of ``op`` on ``backend`` live in ``segman.ops.<package>.<module>``
+    (:data:`segman.ops.library.KERNEL_MODULES`).  The package's ``unavailable(*args)`` answers first, without
+    importing the optional dependency (triton, the CUDA extension); then the module, loaded as an attribute of its
+    package (which torch.compile traces, unlike ``importlib``), checks the inputs with ``can_run(*args)``.
+    """
+    package_name, module = KERNEL_MODULES[op][backend].split(".")
+    package = importlib.import_module(f"{__package__}.{package_name}")
+
+    def can_run(*args, **kwargs) -> Optional[str]:
+        reason = package.unavailable(*args, **kwargs)
+        if reason is None:
+            reason = getattr(package, module).can_run(*args, **kwargs)
+        return reason
+
+    can_run.__qualname__ = f"kernel_can_run({op!r}, {backend!r})"
+    return can_run
 
 
 def _parse(spec: Optional[str], op: str) -> Optional[str]:

@@ -14,7 +14,8 @@ Every op is a forward that also returns what its backward needs, plus a backward
 
 A backend module provides ``forward`` and ``backward`` functions with these signatures (see
 ``torch_backend`` for the reference versions) and, for the ops with saved states, ``states_meta``:
-the shape and dtype of its states, which the fake implementation needs.
+the shape and dtype of its states, which the fake implementation needs.  A backend other than the torch
+references also provides ``can_run`` (see :func:`segman.ops.dispatch.kernel_can_run`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._layout import dense
 from .torch_backend.selective_scan import compute_dtype  # the scans' output dtype, whichever backend
 
 NAMESPACE = "segman"
@@ -55,11 +57,6 @@ def _present(*tensors: Optional[Tensor]) -> list[Tensor]:
     return [t for t in tensors if t is not None]
 
 
-def _dense(*tensors: Optional[Tensor]) -> list[Tensor]:
-    """The given tensors, contiguous: the strides the fake implementations promise to the compiler."""
-    return [t.contiguous() for t in tensors if t is not None]
-
-
 # --------------------------------------------------------------------------------------------------
 # Selective scan and the fused SS2D step: same arguments, same backward structure
 # --------------------------------------------------------------------------------------------------
@@ -70,7 +67,7 @@ def _define_scan(op: str, out_shape):
     @torch.library.custom_op(f"{NAMESPACE}::{op}", mutates_args=())
     def forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 delta_bias: Optional[Tensor], delta_softplus: bool, backend: str) -> tuple[Tensor, Tensor]:
-        return tuple(_dense(*kernels(op, backend).forward(u, delta, A, B, C, D, delta_bias, delta_softplus)))
+        return tuple(dense(*kernels(op, backend).forward(u, delta, A, B, C, D, delta_bias, delta_softplus)))
 
     @forward.register_fake
     def _(u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
@@ -82,7 +79,7 @@ def _define_scan(op: str, out_shape):
                  delta_bias: Optional[Tensor], delta_softplus: bool, backend: str, states: Tensor,
                  dy: Tensor) -> list[Tensor]:
         """Gradients ``[du, ddelta, dA, dB, dC]`` then ``dD`` and ``d_delta_bias`` where given."""
-        return _dense(*kernels(op, backend).backward(u, delta, A, B, C, D, delta_bias, delta_softplus, states, dy))
+        return dense(*kernels(op, backend).backward(u, delta, A, B, C, D, delta_bias, delta_softplus, states, dy))
 
     @backward.register_fake
     def _(u, delta, A, B, C, D, delta_bias, delta_softplus, backend, states, dy):
@@ -160,8 +157,8 @@ cross_merge_op.register_autograd(_cross_merge_grad, setup_context=_save_shape)
 def neighborhood_attention_2d_op(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, dilation: int,
                                  rpb: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor]:
     """``(out (B, n, H, W, hd), lse (B, n, H, W))``: lse is the softmax's log-sum-exp per query."""
-    return tuple(_dense(*kernels("neighborhood_attention_2d", backend).forward(q, k, v, kernel_size, dilation, rpb,
-                                                                                scale)))
+    return tuple(dense(*kernels("neighborhood_attention_2d", backend).forward(q, k, v, kernel_size, dilation, rpb,
+                                                                               scale)))
 
 
 @neighborhood_attention_2d_op.register_fake
@@ -175,7 +172,7 @@ def neighborhood_attention_2d_backward_op(q: Tensor, k: Tensor, v: Tensor, kerne
                                           rpb: Optional[Tensor], scale: float, backend: str, out: Tensor,
                                           lse: Tensor, dout: Tensor, rpb_grad: bool) -> list[Tensor]:
     """``[dq, dk, dv]``, then ``d_rpb`` when ``rpb_grad``."""
-    return _dense(*kernels("neighborhood_attention_2d", backend).backward(
+    return dense(*kernels("neighborhood_attention_2d", backend).backward(
         q, k, v, kernel_size, dilation, rpb, scale, out, lse, dout, rpb_grad))
 
 

@@ -15,41 +15,7 @@ import torch
 
 from . import library
 from ._checks import check_float, check_same, check_shape
-from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
-
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TRITON_MAX_HEAD_DIM = 128
-_TRITON_MAX_KERNEL_SIZE = 13
-
-
-@torch.compiler.assume_constant_result
-def _capability(device_index: int) -> tuple[int, int]:
-    """The CUDA device's compute capability (a constant to torch.compile)."""
-    return torch.cuda.get_device_capability(device_index)
-
-
-def _triton_can_run(q, k, v, kernel_size, dilation, rpb, scale) -> Optional[str]:
-    if not q.is_cuda:
-        return f"inputs are on {q.device.type}"
-    if not HAS_TRITON:
-        return "triton is not installed"
-    if q.dtype not in _TRITON_DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
-    if dilation != 1:
-        return f"dilation {dilation} > 1 is not supported"
-    if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
-        return f"head_dim {q.shape[-1]} > {_TRITON_MAX_HEAD_DIM}"
-    if kernel_size > _TRITON_MAX_KERNEL_SIZE:
-        return f"kernel_size {kernel_size} > {_TRITON_MAX_KERNEL_SIZE}"
-    if q.dtype == torch.bfloat16 and _capability(q.device.index) < (8, 0):
-        return "bfloat16 needs a GPU of compute capability >= 8.0"
-    return None
-
-
-def _natten_can_run(*args) -> Optional[str]:
-    from .natten_backend.neighborhood_attention import can_run
-
-    return can_run(*args)
+from .dispatch import Backend, kernel_can_run, runs_anywhere, select
 
 
 def _run(backend: str):
@@ -60,8 +26,8 @@ def _run(backend: str):
 
 # Fastest first.  natten runs only without rpb and with head dims its fused kernels take (never for
 # SegMAN's RPB attention); triton covers fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
-BACKENDS = [Backend("natten", _natten_can_run, _run("natten")),
-            Backend("triton", _triton_can_run, _run("triton")),
+BACKENDS = [Backend("natten", kernel_can_run("neighborhood_attention_2d", "natten"), _run("natten")),
+            Backend("triton", kernel_can_run("neighborhood_attention_2d", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]
 
 

@@ -6,27 +6,8 @@ from typing import Optional
 import torch
 
 from . import library
-from ._checks import check_float, check_same, check_shape
-from .dispatch import HAS_CUDA_EXTENSION, HAS_TRITON, Backend, runs_anywhere, select
-
-
-def _cuda_can_run(*args, **kwargs) -> Optional[str]:
-    from .cuda_backend.selective_scan import INSTALL_HINT, can_run
-
-    if not HAS_CUDA_EXTENSION:
-        return INSTALL_HINT
-
-    return can_run(*args, **kwargs)
-
-
-def _triton_can_run(u, *args, **kwargs) -> Optional[str]:
-    if u.device.type != "cuda":
-        return f"inputs are on {u.device.type}"
-    if not HAS_TRITON:
-        return "triton is not installed"
-    from .triton_backend.selective_scan import can_run
-
-    return can_run(u, *args, **kwargs)
+from ._checks import check_floats, check_scan_parameters
+from .dispatch import Backend, kernel_can_run, runs_anywhere, select
 
 
 def _run(backend: str):
@@ -37,8 +18,8 @@ def _run(backend: str):
 
 # Fastest first (docs/performance.md, H100): the CUDA extension when it is
 # built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
-BACKENDS = [Backend("cuda", _cuda_can_run, _run("cuda")),
-            Backend("triton", _triton_can_run, _run("triton")),
+BACKENDS = [Backend("cuda", kernel_can_run("selective_scan", "cuda"), _run("cuda")),
+            Backend("triton", kernel_can_run("selective_scan", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]
 
 
@@ -69,30 +50,17 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         ``(Bt, G*Dg, L)`` in float32 (float64 for float64 inputs), whatever the input dtype.
     """
     op = "selective_scan"
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                    ("delta_bias", delta_bias)):
-        if t is not None:
-            check_float(name, t)
+    check_floats((("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias)))
     if u.dim() != 3:
         raise ValueError(f"{op}: u must be (batch, groups*channels, length), got shape {tuple(u.shape)}")
     if B.dim() != 4:
         raise ValueError(f"{op}: B must be (batch, groups, d_state, length), got shape {tuple(B.shape)}")
-    batch, channels, length = u.shape
-    groups, d_state = B.shape[1], B.shape[2]
+    channels, groups, d_state = u.shape[1], B.shape[1], B.shape[2]
     if groups < 1 or channels % groups:
         raise ValueError(f"{op}: u has {channels} channels, not a multiple of the {groups} groups in B")
     if d_state < 1:
         raise ValueError(f"{op}: d_state (B.shape[2]) must be >= 1")
-    check_shape("delta", delta, u.shape, " (same as u)")
-    check_shape("A", A, (channels, d_state), " (channels, d_state)")
-    check_shape("B", B, (batch, groups, d_state, length))
-    check_shape("C", C, (batch, groups, d_state, length), " (same as B)")
-    if D is not None:
-        check_shape("D", D, (channels,))
-    if delta_bias is not None:
-        check_shape("delta_bias", delta_bias, (channels,))
-    check_same(op, "dtype", [("u", u), ("delta", delta), ("B", B), ("C", C)])
-    check_same(op, "device", [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                              ("delta_bias", delta_bias)])
+    check_scan_parameters(op, ("u", u), delta, A, B, C, D, delta_bias, delta_shape=tuple(u.shape),
+                          delta_hint=" (same as u)", channels=channels, a_hint=" (channels, d_state)", groups=groups)
     args = (u, delta, A, B, C, D, delta_bias, delta_softplus)
     return select(op, BACKENDS, backend, *args).run(*args)

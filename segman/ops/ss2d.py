@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 
 from . import library
-from ._checks import check_float, check_same, check_shape
+from ._checks import check_floats, check_scan_parameters
 from .cross_scan import cross_merge, cross_scan
-from .dispatch import HAS_TRITON, Backend, runs_anywhere, select
+from .dispatch import Backend, kernel_can_run, runs_anywhere, select
 from .selective_scan import selective_scan
 
 GROUPS = 4
@@ -35,16 +35,6 @@ def _composed(scan_backend, xs_backend):
     return run
 
 
-def _triton_can_run(x, delta, A, B, C, D, delta_bias, delta_softplus) -> Optional[str]:
-    if x.device.type != "cuda":
-        return f"inputs are on {x.device.type}"
-    if not HAS_TRITON:
-        return "triton is not installed"
-    from .triton_backend.selective_scan import can_run
-
-    return can_run(x, delta, A, B, C, D, delta_bias, delta_softplus)
-
-
 def _triton_run(x, delta, A, B, C, D, delta_bias, delta_softplus):
     return library.ss2d_scan_op(x, delta, A, B, C, D, delta_bias, delta_softplus, "triton")[0]
 
@@ -52,7 +42,7 @@ def _triton_run(x, delta, A, B, C, D, delta_bias, delta_softplus):
 # Fastest first (docs/performance.md, H100): the fused Triton kernel wins the forward at
 # small maps but loses the backward everywhere, so the unfused chain comes first.
 BACKENDS = [Backend("unfused", runs_anywhere, _composed(None, None)),
-            Backend("triton", _triton_can_run, _triton_run),
+            Backend("triton", kernel_can_run("ss2d_scan", "triton"), _triton_run),
             Backend("torch", runs_anywhere, _composed("torch", "torch"))]
 
 
@@ -75,26 +65,14 @@ def ss2d_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Te
         the scan output mapped back to row-major order.
     """
     op = "ss2d_scan"
-    for name, t in (("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                    ("delta_bias", delta_bias)):
-        if t is not None:
-            check_float(name, t)
+    check_floats((("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias)))
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be (B, C, H, W), got shape {tuple(x.shape)}")
     if B.dim() != 4:
         raise ValueError(f"{op}: B must be (batch, 4, d_state, H*W), got shape {tuple(B.shape)}")
     batch, channels, height, width = x.shape
-    length, d_state = height * width, B.shape[2]
-    check_shape("delta", delta, (batch, GROUPS * channels, length), " (B, 4*C, H*W)")
-    check_shape("A", A, (GROUPS * channels, d_state), " (4*C, d_state)")
-    check_shape("B", B, (batch, GROUPS, d_state, length))
-    check_shape("C", C, (batch, GROUPS, d_state, length), " (same as B)")
-    if D is not None:
-        check_shape("D", D, (GROUPS * channels,))
-    if delta_bias is not None:
-        check_shape("delta_bias", delta_bias, (GROUPS * channels,))
-    check_same(op, "dtype", [("x", x), ("delta", delta), ("B", B), ("C", C)])
-    check_same(op, "device", [("x", x), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                              ("delta_bias", delta_bias)])
+    check_scan_parameters(op, ("x", x), delta, A, B, C, D, delta_bias,
+                          delta_shape=(batch, GROUPS * channels, height * width), delta_hint=" (B, 4*C, H*W)",
+                          channels=GROUPS * channels, a_hint=" (4*C, d_state)", groups=GROUPS)
     args = (x, delta, A, B, C, D, delta_bias, delta_softplus)
     return select(op, BACKENDS, backend, *args).run(*args)

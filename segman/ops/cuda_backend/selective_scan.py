@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from .._layout import last_dim_contiguous
+
 INSTALL_HINT = "the CUDA extension is not installed: pip install kernels/selective_scan"
 MAX_D_STATE = 16
 
@@ -50,10 +52,6 @@ def can_run(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True) -> 
     return None
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.float().contiguous()
 
@@ -68,15 +66,15 @@ def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[t
             delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs in (see ``segman.ops.selective_scan``); ``(Bt, G*Dg, L)`` float32 and the
     chunk states out."""
-    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    u, delta, B, C = (last_dim_contiguous(t) for t in (u, delta, B, C))
     return tuple(_load().fwd(u, delta, _f32(A), B, C, _f32(D), _f32(delta_bias), delta_softplus))
 
 
 def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
              states: torch.Tensor, dy: torch.Tensor):
     """``(du, ddelta, dA, dB, dC, dD, d_delta_bias)`` in the inputs' dtypes (None for absent inputs)."""
-    u, delta, B, C = (_last_dim_contiguous(t) for t in (u, delta, B, C))
+    u, delta, B, C = (last_dim_contiguous(t) for t in (u, delta, B, C))
     du, ddelta, dA, dB, dC, dD, dbias = _load().bwd(u, delta, _f32(A), B, C, _f32(D), _f32(delta_bias),
-                                                    _last_dim_contiguous(dy.float()), states, delta_softplus)
+                                                    last_dim_contiguous(dy.float()), states, delta_softplus)
     return (du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype) if dD is not None else None,
             dbias.to(delta_bias.dtype) if dbias is not None else None)

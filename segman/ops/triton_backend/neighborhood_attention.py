@@ -75,6 +75,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import last_dim_contiguous
+
 LOG2E = 1.4426950408889634
 LOG2E_JIT = tl.constexpr(LOG2E)  # the same, readable inside kernels
 MAX_TW = 16  # the widest tile (pixels); the bias table is laid out for it
@@ -925,10 +927,6 @@ def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 # --------------------------------------------------------------------------------------------------
 # Python wrappers
 # --------------------------------------------------------------------------------------------------
@@ -1190,24 +1188,52 @@ def backward_mode(kernel_size: int, head_dim: int, dtype: torch.dtype, width: in
 
 
 def _backward(q, k, v, table, o, lse, do, kernel_size: int, scale: float, rpb_dtype: Optional[torch.dtype]):
-    do = _last_dim_contiguous(do)
+    do = last_dim_contiguous(do)
     args = (q, k, v, table, o, lse, do, kernel_size, scale, rpb_dtype)
     mode = backward_mode(kernel_size, q.shape[-1], q.dtype, q.shape[-2], rpb_dtype is not None,
                          lambda m: BACKWARDS[m](*args))
     return BACKWARDS[mode](*args)
 
 
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+MAX_KERNEL_SIZE = 13
+
+
+@torch.compiler.assume_constant_result
+def _capability(device_index: int) -> tuple[int, int]:
+    """The CUDA device's compute capability (a constant to torch.compile)."""
+    return torch.cuda.get_device_capability(device_index)
+
+
+def can_run(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float) -> Optional[str]:
+    """None if these kernels support the validated inputs, else the reason."""
+    if not q.is_cuda:
+        return f"inputs are on {q.device.type}"
+    if q.dtype not in DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
+    if dilation != 1:
+        return f"dilation {dilation} > 1 is not supported"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if kernel_size > MAX_KERNEL_SIZE:
+        return f"kernel_size {kernel_size} > {MAX_KERNEL_SIZE}"
+    if q.dtype == torch.bfloat16 and _capability(q.device.index) < (8, 0):
+        return "bfloat16 needs a GPU of compute capability >= 8.0"
+    return None
+
+
 def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
-    """Validated inputs in (see ``can_run`` in ``segman.ops.neighborhood_attention``); the output and the
-    softmax's log-sum-exp per query ``(B, heads, H, W)`` float32 out."""
+    """Inputs that :func:`can_run` accepted in; the output and the softmax's log-sum-exp per query
+    ``(B, heads, H, W)`` float32 out."""
     assert dilation == 1, "the triton backend supports dilation 1 only"
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     return _forward(q, k, v, bias_table(rpb, kernel_size, q.device), kernel_size, scale)
 
 
 def backward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float,
              out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, rpb_grad: bool):
     """``(dq, dk, dv, d_rpb)``; ``d_rpb`` is None unless ``rpb_grad``."""
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     table = bias_table(rpb, kernel_size, q.device)
     return _backward(q, k, v, table, out, lse, dout, kernel_size, scale, rpb.dtype if rpb_grad else None)

@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import last_dim_contiguous
+
 LOG2E = 1.4426950408889634
 
 
@@ -284,10 +286,6 @@ def _config(kind: str, dg: int, length: int) -> tuple[int, int, int]:
     return block_c, block_t, warps
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 # --------------------------------------------------------------------------------------------------
 # Launchers (segman.ops.library registers them as custom ops with autograd)
 # --------------------------------------------------------------------------------------------------
@@ -355,8 +353,8 @@ def _backward(u, delta, A, B, C, D, delta_bias, states, dy, softplus: bool, fwd_
 
 def _prepare(u, delta, A, B, C, D, delta_bias, cross: bool):
     """The inputs as the kernels read them: the scanned dims contiguous (the whole map when ``cross``)."""
-    u = u.contiguous() if cross else _last_dim_contiguous(u)
-    delta, B, C = (_last_dim_contiguous(t) for t in (delta, B, C))
+    u = u.contiguous() if cross else last_dim_contiguous(u)
+    delta, B, C = (last_dim_contiguous(t) for t in (delta, B, C))
     return (u, delta, A.contiguous(), B, C, D.contiguous() if D is not None else None,
             delta_bias.contiguous() if delta_bias is not None else None)
 
@@ -383,7 +381,7 @@ def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[
     length = delta.shape[-1]
     _, block_t, _ = _config("fwd", delta.shape[1] // B.shape[1], length)  # the chunks of the saved states
     du, ddelta, dA, dB, dC, dD, dbias = _backward(u, delta, A, B, C, D, delta_bias, states,
-                                                  _last_dim_contiguous(dy), delta_softplus, block_t, hw)
+                                                  last_dim_contiguous(dy), delta_softplus, block_t, hw)
     return (du.view(u.shape).to(u.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.to(D.dtype) if dD is not None else None,
             dbias.to(delta_bias.dtype) if dbias is not None else None)

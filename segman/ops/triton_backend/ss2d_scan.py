@@ -8,6 +8,7 @@ import torch
 
 from . import selective_scan as scan
 
+can_run = scan.can_run  # the same kernels, the same limits
 states_meta = scan.states_meta
 
 
