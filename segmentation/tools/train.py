@@ -46,12 +46,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drop-path", type=float, default=None, help="backbone drop-path rate (overrides the config)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay the backbone's forward and backward from CUDA graphs (SegMAN-S "
-                             "steps 2.6x faster at 4 crops per GPU, see README)")
+                             "steps 2.6x faster at 4 crops per GPU, see docs/performance.md)")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         choices=COMPILE_MODES,
                         help="torch.compile the SegMAN blocks (segman.models.compile_regions) with this "
                              "torch.compile mode (default: 'default'; 'reduce-overhead' replays CUDA graphs): "
-                             "about 1.5x faster GPU steps after a first step that compiles; see README")
+                             "about 1.5x faster GPU steps after a first step that compiles; see docs/performance.md")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override config keys, e.g. data.samples_per_gpu=2 runner.max_iters=1000")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
