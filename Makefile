@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.segman-installed
+TEST_STAMP := $(VENV)/.segman-test-installed
 
 .PHONY: install test demo bench clean
 
@@ -23,8 +24,13 @@ $(STAMP): constraints.txt requirements.txt setup.py scripts/install_mmcv.py
 	$(PY) -c "import torch, torchvision, mmcv, mmcv.ops, mmseg, timm, einops, natten, segman; print('segman environment ready: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmseg', mmseg.__version__)"
 	touch $@
 
-test: install
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
+
+# pytest is no runtime requirement: it comes with setup.py's test extra (settings in pyproject.toml).
+$(TEST_STAMP): $(STAMP) setup.py
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test]"
+	touch $@
 
 # SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw a prediction.
 DEMO := demo_output

@@ -1,6 +1,7 @@
 """Installs the ``segman`` library and the ``segman_mmseg`` plugin (``pip install -e .``).
 
 The CUDA selective-scan extension is a separate package: ``pip install kernels/selective_scan``.
+The test suite's needs are the ``test`` extra: ``pip install -e ".[test]"``.
 """
 from setuptools import find_packages, setup
 
@@ -13,4 +14,5 @@ setup(
     + find_packages("segmentation", include=["segman_mmseg", "segman_mmseg.*"]),
     package_dir={"segman_mmseg": "segmentation/segman_mmseg"},
     install_requires=["torch>=2.1", "timm>=1.0", "einops"],
+    extras_require={"test": ["pytest>=8"]},  # `pip install -e ".[test]"`; `make test` installs it
 )

@@ -11,8 +11,8 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[2]
 CLASSIFICATION = REPO / "classification"
 SCRIPTS = REPO / "scripts"
-if str(CLASSIFICATION) not in sys.path:
-    sys.path.append(str(CLASSIFICATION))  # the scripts import recipes, imagefolder and validate
+# The scripts import their siblings (recipes, imagefolder, validate): pyproject.toml puts classification/ on
+# the path, as running a script from there does.
 
 # One thread per process: the tests are tiny and the machine may be shared.
 SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHON=sys.executable)

@@ -1,15 +1,11 @@
 """Fixtures for the ImageNet training tests: one torch thread and a tiny synthetic ImageFolder set."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))  # make ``classification_testing`` importable without packages
-from classification_testing import load_script  # noqa: E402
+from classification_testing import load_script
 
 # Tiny inputs: extra threads only add overhead (and oversubscribe a shared machine).
 torch.set_num_threads(1)

@@ -1,11 +1,8 @@
 """pytest configuration for the ``segman.ops`` tests (helpers live in ``ops_testing.py``)."""
-import os
 import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))  # make ``ops_testing`` importable without packages
 
 # Tiny shapes: extra threads only add overhead (and the suite must stay quick on busy machines).
 torch.set_num_threads(1)

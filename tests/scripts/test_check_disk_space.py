@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+import check_disk_space
 
-import check_disk_space  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 Usage = namedtuple("Usage", "total used free")
 

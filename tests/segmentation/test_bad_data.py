@@ -8,7 +8,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_tool
+from segmentation_testing import CONFIGS, load_tool, run_tool
 from mmseg.datasets.builder import PIPELINES
 
 import segman_mmseg  # noqa: F401  (registers the loaders under mmseg's names)
@@ -62,7 +62,7 @@ def test_training_names_a_broken_image(toy_root, tmp_path):
 
 
 def test_check_dataset_lists_every_bad_file(toy_root, tmp_path, capsys):
-    from check_dataset import main
+    main = load_tool("check_dataset").main
 
     root = tmp_path / "toy"
     shutil.copytree(toy_root, root)

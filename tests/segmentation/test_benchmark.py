@@ -1,24 +1,16 @@
 """Tests for ``segmentation/tools/benchmark.py``."""
-import importlib.util
-import os.path as osp
-
 import pytest
-
-SEG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "segmentation")
+from segmentation_testing import SEGMENTATION, load_tool
 
 
 @pytest.fixture(scope="module")
 def benchmark_tool():
-    path = osp.join(SEG_DIR, "tools", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("segman_tools_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark")
 
 
 @pytest.fixture
 def in_seg_dir(monkeypatch):
-    monkeypatch.chdir(SEG_DIR)
+    monkeypatch.chdir(SEGMENTATION)
 
 
 def test_cpu_tiny_two_images(benchmark_tool, in_seg_dir, capsys):

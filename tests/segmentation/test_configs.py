@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS
+from segmentation_testing import CONFIGS
 from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import CONFIGS
+from segmentation_testing import CONFIGS
 from mmcv.utils import Config
 
 import segman_mmseg  # noqa: F401

@@ -1,33 +1,22 @@
 """Tests for ``segmentation/tools/get_flops.py`` (FLOP convention of docs/model.md §9)."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 import torch.nn as nn
 
+from segmentation_testing import SEGMENTATION, load_tool
 from segman.ops import neighborhood_attention_2d, selective_scan, ss2d_scan
-
-SEG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "segmentation")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"segman_tools_{name}", osp.join(SEG_DIR, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def get_flops():
     pytest.importorskip("fvcore")
-    return _load_tool("get_flops")
+    return load_tool("get_flops")
 
 
 @pytest.fixture
 def in_seg_dir(monkeypatch):
     """Configs use paths relative to ``segmentation/``, as the tools are run from there."""
-    monkeypatch.chdir(SEG_DIR)
+    monkeypatch.chdir(SEGMENTATION)
 
 
 def _flops(get_flops, fn, *inputs):

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import CONFIGS, run_tool
+from segmentation_testing import CONFIGS, run_tool
 
 import segman_mmseg  # noqa: F401  (installs the atomic save and the resume finder)
 from segman.models import CheckpointError

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS, run_tool
+from segmentation_testing import CONFIGS, run_tool
 
 TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
 

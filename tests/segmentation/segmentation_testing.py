@@ -1,0 +1,37 @@
+"""Helpers for the mmseg plugin tests (fixtures are in ``conftest.py``): paths, the tools as modules and as
+command lines."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+SEGMENTATION = REPO / "segmentation"
+CONFIGS = SEGMENTATION / "local_configs"
+TOOLS = SEGMENTATION / "tools"
+
+
+def load_tool(name: str) -> ModuleType:
+    """``segmentation/tools/<name>.py`` as module ``segman_tools_<name>`` (``train`` would clash with
+    ``classification/train.py``, ``test`` with Python's own package)."""
+    module_name = f"segman_tools_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def run_tool(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``segmentation/tools/<tool>`` as a user would, from ``segmentation/``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(TOOLS / tool), *args], cwd=SEGMENTATION,
+                          env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
