@@ -102,3 +102,45 @@ def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(toy_root, tmp_p
     for path in tmp_path.glob("iter_*.pth"):
         weights = torch.load(path, weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), path
+
+
+def log_text(folder, attempt):
+    return (folder / f"attempt_{attempt}.log").read_text()[-3000:]
+
+
+def test_killed_runs_resume_to_the_end_with_every_checkpoint_readable(toy_root, tmp_path):
+    """SIGKILL at random moments (during iterations and checkpoint writes), then --auto-resume, until the
+    run completes: no partial file is ever left under a checkpoint name."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from segmentation_testing import SEGMENTATION
+
+    from segman.models import load_checkpoint_file
+
+    options = [f"data.{split}.data_root={toy_root}" for split in ("train", "val", "test")]
+    command = [sys.executable, str(SEGMENTATION / "tools" / "train.py"), TOY, "--work-dir", str(tmp_path),
+               "--seed", "0", "--no-validate", "--auto-resume", "--cfg-options", *options, "data.samples_per_gpu=2",
+               "data.workers_per_gpu=0", "runner.max_iters=6", "checkpoint_config.interval=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    rng = random.Random(0)
+    for attempt in range(8):
+        log = open(tmp_path / f"attempt_{attempt}.log", "w")
+        proc = subprocess.Popen(command, cwd=SEGMENTATION, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + (rng.uniform(12, 30) if attempt < 3 else 600)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if attempt < 3 and list(tmp_path.glob(".*.tmp")):  # a save in progress: kill it there
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+        for path in tmp_path.glob("iter_*.pth"):
+            load_checkpoint_file(path)  # raises on a partial file
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, log_text(tmp_path, attempt)
+    assert load_checkpoint_file(tmp_path / "iter_6.pth")["meta"]["iter"] == 5
