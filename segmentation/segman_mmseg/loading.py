@@ -1,4 +1,5 @@
-"""mmseg's ``LoadImageFromFile`` and ``LoadAnnotations``, naming the file that cannot be used.
+"""mmseg's ``LoadImageFromFile`` and ``LoadAnnotations``, naming the file that cannot be used, and the
+label-value check shared by evaluation and ``tools/check_dataset.py``.
 
 mmseg's loaders turn a truncated or non-image file into ``None`` and fail later with
 ``'NoneType' object has no attribute 'shape'``, and take a label map of another size than its image
@@ -7,6 +8,9 @@ mmseg's own names, so every config gets them: each bad file raises a ``ValueErro
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 from mmseg.datasets.builder import PIPELINES
 from mmseg.datasets.pipelines import LoadAnnotations, LoadImageFromFile
 
@@ -48,3 +52,36 @@ class LoadAnnotationsNamingBadFiles(LoadAnnotations):
                              f"{image_shape[1]}×{image_shape[0]} px ({results.get('filename')}); labels must "
                              f"have their image's size")
         return results
+
+
+def values_outside_classes(dataset, label: np.ndarray) -> np.ndarray:
+    """The stored values of a label map (as read from its file) that are neither one of ``dataset``'s
+    classes nor its ignore index, after the dataset's ``reduce_zero_label`` (0 ignored, class k stored
+    as k + 1, as mmseg converts them)."""
+    stored = np.unique(label).astype(np.int64)
+    classes = np.where(stored == 0, dataset.ignore_index, stored - 1) if dataset.reduce_zero_label else stored
+    return stored[(classes >= len(dataset.CLASSES)) & (classes != dataset.ignore_index)]
+
+
+def describe_values_outside(dataset, path: str, outside: np.ndarray) -> str:
+    shift = ", stored as class + 1 (reduce_zero_label)" if dataset.reduce_zero_label else ""
+    return (f"{path}: values {outside[:8].tolist()} outside the {len(dataset.CLASSES)} classes{shift} "
+            f"(ignore index {dataset.ignore_index})")
+
+
+def check_labels_when_evaluating(dataset) -> None:
+    """Make ``dataset``'s evaluation raise ``ValueError`` naming a label map with values outside its
+    classes; mmseg's metrics would silently leave those pixels out."""
+    read = dataset.get_gt_seg_map_by_idx
+
+    @functools.wraps(read)
+    def checked(index):
+        label = read(index)
+        outside = values_outside_classes(dataset, label)
+        if outside.size:
+            path = f"{dataset.ann_dir}/{dataset.img_infos[index]['ann']['seg_map']}"
+            raise ValueError(describe_values_outside(dataset, path, outside) + "; fix the label maps or the "
+                             "config's classes (tools/check_dataset.py lists every such file)")
+        return label
+
+    dataset.get_gt_seg_map_by_idx = checked

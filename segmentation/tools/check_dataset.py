@@ -15,12 +15,12 @@ import sys
 from typing import Iterator
 
 import mmcv
-import numpy as np
 from mmcv.utils import DictAction
 from tqdm import tqdm
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types)
 from segman_mmseg.config_checks import check_data_roots, load_config
+from segman_mmseg.loading import describe_values_outside, values_outside_classes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +37,6 @@ def check_split(dataset) -> Iterator[str]:
     if len(dataset) == 0:
         yield f"no images in {dataset.img_dir} (suffix {dataset.img_suffix})"
         return
-    num_classes = len(dataset.CLASSES)
     for index in tqdm(range(len(dataset)), desc=osp.basename(dataset.img_dir.rstrip("/")), leave=False):
         info = dataset.img_infos[index]
         image_path = osp.join(dataset.img_dir, info["filename"])
@@ -59,15 +58,9 @@ def check_split(dataset) -> Iterator[str]:
             continue
         if image is not None and label.shape[:2] != image.shape[:2]:
             yield f"{label_path}: {label.shape[1]}×{label.shape[0]} px, its image {image.shape[1]}×{image.shape[0]}"
-        stored = np.unique(label).astype(np.int64)
-        classes = stored
-        if dataset.reduce_zero_label:  # as mmseg does: 0 is ignored, class k is stored as k + 1
-            classes = np.where(stored == 0, dataset.ignore_index, stored - 1)
-        outside = stored[(classes >= num_classes) & (classes != dataset.ignore_index)]
+        outside = values_outside_classes(dataset, label)
         if outside.size:
-            shift = ", stored as class + 1 (reduce_zero_label)" if dataset.reduce_zero_label else ""
-            yield (f"{label_path}: values {outside[:8].tolist()} outside the {num_classes} classes{shift} "
-                   f"(ignore index {dataset.ignore_index})")
+            yield describe_values_outside(dataset, label_path, outside)
 
 
 def main(argv=None) -> int:

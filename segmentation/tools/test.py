@@ -24,6 +24,7 @@ import segman_mmseg  # noqa: F401  (registers SegMAN types, applies the mmcv com
 from segman_mmseg.config_checks import check_config, load_config
 from segman.models import COMPILE_MODES, compile_regions
 from segman_mmseg.inference import build_segmentor_from_checkpoint
+from segman_mmseg.loading import check_labels_when_evaluating
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
@@ -89,6 +90,7 @@ def main() -> None:
         mmcv.mkdir_or_exist(osp.abspath(work_dir))
 
     dataset = build_dataset(cfg.data.test)
+    check_labels_when_evaluating(dataset)
     workers = cfg.data.get("workers_per_gpu", 2)
     loader_cfg = {"num_gpus": 1, "dist": distributed, "shuffle": False, "samples_per_gpu": 1,
                   "workers_per_gpu": workers, "persistent_workers": workers > 0,

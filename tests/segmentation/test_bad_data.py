@@ -83,3 +83,24 @@ def test_check_dataset_lists_every_bad_file(toy_root, tmp_path, capsys):
                    f"train: {labels[2]}: 10×10 px, its image 224×224",
                    f"train: {labels[3]}: missing (the label map of {images[3]})"]
     assert main([TOY, "--cfg-options", *[f"data.{split}.data_root={toy_root}" for split in ("train", "val")]]) == 0
+
+
+def test_evaluation_names_labels_outside_the_classes(toy_root, tmp_path):
+    """mmseg's metrics would leave such pixels out silently (a lower mIoU, exit 0)."""
+    from mmseg.models import build_segmentor
+
+    from segman_mmseg.config_checks import load_config
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    label_path = sorted((root / "annotations" / "validation").glob("*.png"))[0]
+    label = mmcv.imread(str(label_path), flag="unchanged")
+    label[0, 0] = 200
+    mmcv.imwrite(label, str(label_path))
+    cfg = load_config(TOY, {"model.backbone.pretrained": None})
+    torch.save({"state_dict": build_segmentor(cfg.model).state_dict(), "meta": {}}, tmp_path / "model.pth")
+    options = [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
+    proc = run_tool("test.py", TOY, str(tmp_path / "model.pth"), "--eval", "mIoU", "--work-dir", str(tmp_path),
+                    "--cfg-options", *options, check=False)
+    assert proc.returncode != 0
+    assert f"{label_path}: values [200] outside the 5 classes" in proc.stdout + proc.stderr
