@@ -32,7 +32,7 @@ $(TEST_STAMP): $(STAMP) setup.py
 	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test]"
 	touch $@
 
-# SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw a prediction.
+# SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw predictions beside the ground truth.
 DEMO := demo_output
 SEG := cd segmentation && $(abspath $(PY))
 demo: install
@@ -40,8 +40,9 @@ demo: install
 	$(SEG) tools/train.py local_configs/segman/tiny/segman_t_toy.py --work-dir ../$(DEMO)/train --seed 0 --no-validate
 	$(SEG) tools/test.py local_configs/segman/tiny/segman_t_toy.py ../$(DEMO)/train/latest.pth --eval mIoU --work-dir ../$(DEMO)
 	$(SEG) tools/plot_loss.py ../$(DEMO)/train --out ../$(DEMO)/loss_curve.png
+	$(SEG) tools/show_predictions.py local_configs/segman/tiny/segman_t_toy.py ../$(DEMO)/train/latest.pth --num 4 --out ../$(DEMO)/predictions.png
 	$(SEG) tools/image_demo.py data/toy_shapes/images/validation/toy_validation_00000.jpg local_configs/segman/tiny/segman_t_toy.py ../$(DEMO)/train/latest.pth --out-file ../$(DEMO)/prediction.png
-	@echo "demo done: data in segmentation/data/toy_shapes, checkpoints and logs (TensorBoard: $(DEMO)/train/tf_logs) in $(DEMO)/train, metrics JSON in $(DEMO), loss curve $(DEMO)/loss_curve.png, prediction $(DEMO)/prediction.png"
+	@echo "demo done: data in segmentation/data/toy_shapes, checkpoints and logs (TensorBoard: $(DEMO)/train/tf_logs) in $(DEMO)/train, metrics JSON in $(DEMO), loss curve $(DEMO)/loss_curve.png, image | ground truth | prediction of 4 validation images $(DEMO)/predictions.png, one prediction blended over its image $(DEMO)/prediction.png"
 
 bench: install
 	$(PY) benchmarks/ops_cpu.py

@@ -1,11 +1,15 @@
-"""tools/train.py, test.py, image_demo.py and resuming, run as a user runs them (tiny toy set)."""
+"""tools/train.py, test.py, image_demo.py, show_predictions.py and resuming, run as a user runs them (tiny toy
+set)."""
 from __future__ import annotations
 
 import json
+import types
 
+import mmcv
+import numpy as np
 import pytest
 import torch
-from segmentation_testing import CONFIGS, run_tool
+from segmentation_testing import CONFIGS, load_tool, run_tool
 
 TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
 
@@ -76,6 +80,31 @@ def test_image_demo_writes_an_overlay(trained, toy_root, tmp_path):
     out = tmp_path / "pred.png"
     proc = run_tool("image_demo.py", str(image), TOY, str(work / "iter_2.pth"), "--out-file", str(out))
     assert out.is_file() and "prediction written" in proc.stdout
+
+
+def test_show_predictions_draws_image_truth_and_prediction(trained, toy_root, tmp_path):
+    work, _ = trained
+    out = tmp_path / "predictions.png"
+    proc = run_tool("show_predictions.py", TOY, str(work / "iter_2.pth"), "--out", str(out), "--num", "2",
+                    "--cfg-options", *_data_options(toy_root))
+    assert "2 images, ground truth and predictions drawn" in proc.stdout
+    figure = mmcv.imread(str(out))
+    assert figure.shape == (660, 900, 3)  # 2 rows of 3 panels and the legend, 100 dpi
+    bad = run_tool("show_predictions.py", TOY, str(work / "iter_2.pth"), "--indices", "5", "--cfg-options",
+                   *_data_options(toy_root), check=False)
+    assert bad.returncode != 0 and "choose images among the 2 of the test split" in bad.stderr
+
+
+def test_show_predictions_ground_truth_follows_the_metric():
+    """The figure's ground truth is what mIoU compares with: label_map, then reduce_zero_label (0 → ignored)."""
+    show = load_tool("show_predictions")
+    raw = np.array([[0, 1, 2], [255, 5, 3]], np.uint8)
+    dataset = types.SimpleNamespace(get_gt_seg_map_by_idx=lambda i: raw, label_map=None, reduce_zero_label=True)
+    assert show.ground_truth(dataset, 0).tolist() == [[255, 0, 1], [255, 4, 2]]
+    dataset.label_map, dataset.reduce_zero_label = {5: 1}, False
+    assert show.ground_truth(dataset, 0).tolist() == [[0, 1, 2], [255, 1, 3]]
+    colours = show.colourise(np.array([[0, 1, 255]]), [[10, 20, 30], [40, 50, 60]])
+    assert colours.tolist() == [[[10, 20, 30], [40, 50, 60], [0, 0, 0]]]
 
 
 def test_test_tool_rejects_a_mismatched_checkpoint(trained, toy_root):
