@@ -81,6 +81,8 @@ def _resume_after_saved_iteration(resume):
         self._iter += 1
         self._inner_iter = self._iter
         self.logger.info(f'continuing after the checkpoint\'s iteration {self.iter}')
+        self.logger.warning('resumed: weights, optimizer and schedule continue exactly, but the order and '
+                            'augmentation of the remaining batches differ from an uninterrupted run')
 
     return wrapper
 
