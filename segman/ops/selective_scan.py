@@ -17,7 +17,7 @@ def _run(backend: str):
 
 
 # Fastest first (docs/performance.md, H100): the CUDA extension when it is
-# built (d_state <= 16; 1.1-1.3x the memory floor forward), then Triton, then the reference.
+# built (d_state <= 16; 1.06-1.11x the memory floor forward), then Triton, then the reference.
 BACKENDS = [Backend("cuda", kernel_can_run("selective_scan", "cuda"), _run("cuda")),
             Backend("triton", kernel_can_run("selective_scan", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]
