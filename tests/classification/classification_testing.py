@@ -1,12 +1,13 @@
 """Helpers for the ImageNet training tests (fixtures are in ``conftest.py``)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from file_modules import load_file_module
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSIFICATION = REPO / "classification"
@@ -21,13 +22,7 @@ SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", 
 def load_script(name: str) -> ModuleType:
     """``classification/<name>.py`` as module ``segman_classification_<name>`` (``train`` would
     clash with ``segmentation/tools/train.py``)."""
-    module_name = f"segman_classification_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, CLASSIFICATION / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return load_file_module(f"segman_classification_{name}", CLASSIFICATION / f"{name}.py")
 
 
 def train_argv(data: Path, output: Path, *extra: str) -> list[str]:

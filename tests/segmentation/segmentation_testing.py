@@ -2,12 +2,13 @@
 command lines."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from file_modules import load_file_module
 
 REPO = Path(__file__).resolve().parents[2]
 SEGMENTATION = REPO / "segmentation"
@@ -18,13 +19,7 @@ TOOLS = SEGMENTATION / "tools"
 def load_tool(name: str) -> ModuleType:
     """``segmentation/tools/<name>.py`` as module ``segman_tools_<name>`` (``train`` would clash with
     ``classification/train.py``, ``test`` with Python's own package)."""
-    module_name = f"segman_tools_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return load_file_module(f"segman_tools_{name}", TOOLS / f"{name}.py")
 
 
 def run_tool(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
