@@ -9,6 +9,7 @@ setup(
     name="segman",
     version="0.1.0",
     description="SegMAN semantic segmentation (CVPR 2025): models, ops and mmseg 0.30 plugin",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["segman", "segman.*"])
     + find_packages("segmentation", include=["segman_mmseg", "segman_mmseg.*"]),
