@@ -45,6 +45,9 @@ def check_scan_parameters(op: str, data: tuple[str, torch.Tensor], delta: torch.
     and their groups, ``delta_shape`` is ``(batch, channels, length)``; d_state is ``B.shape[2]``.
     """
     batch, length, d_state = delta_shape[0], delta_shape[-1], B.shape[2]
+    if length == 0 or d_state == 0:
+        raise ValueError(f"{op}: the sequence length and d_state must be at least 1, got length {length} and "
+                         f"d_state {d_state}")
     check_shape("delta", delta, delta_shape, delta_hint)
     check_shape("A", A, (channels, d_state), a_hint)
     check_shape("B", B, (batch, groups, d_state, length))

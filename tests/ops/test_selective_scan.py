@@ -297,6 +297,13 @@ class TestErrors:
         with pytest.raises(ValueError, match=match):
             selective_scan(**inputs)
 
+    def test_empty_sequence(self):
+        inputs = make_inputs(2, 2, 3, 4, 8, F32)
+        for name in ("u", "delta", "B", "C"):
+            inputs[name] = inputs[name][..., :0]
+        with pytest.raises(ValueError, match="sequence length and d_state must be at least 1, got length 0"):
+            selective_scan(**inputs)
+
     def test_channels_not_divisible_by_groups(self):
         inputs = make_inputs(2, 1, 7, 2, 8, F32)
         inputs["B"] = torch.zeros(2, 2, 2, 8)
