@@ -182,7 +182,7 @@ def test_temporary_exclusions_are_still_needed():
 
 @pytest.mark.parametrize("text,expected", [
     ("see shared/NOTES.md §4", ["shared/NOTES.md"]),
-    ("python .bench_old/scan_sweep.py --all", [".bench_old/scan_sweep.py"]),
+    ("python .hidden_tools/sweep.py --all", [".hidden_tools/sweep.py"]),
     ("segman/models/encoder.py, then docs/model.md §3.", ["segman/models/encoder.py", "docs/model.md"]),
     ("https://github.com/x/y/blob/main/setup.py and pip install 'fvcore==0.1.5' -e .", []),
     ("SegMANEncoder_{t,s,b,l} in output/<model>-224/ and $DATA/train/*.JPEG", []),
@@ -193,7 +193,7 @@ def test_path_tokens(text, expected):
 
 @pytest.mark.parametrize("token,mentioned_in,expected", [
     ("shared/NOTES.md", "segman/models/encoder.py", False),            # outside the repository
-    (".bench_old/scan_sweep.py", "segman/ops/ss2d.py", False),
+    (".hidden_tools/sweep.py", "segman/ops/ss2d.py", False),
     ("segman/models/no_such_module.py", "docs/model.md", False),      # a top-level folder, wrong file
     ("docs/model.md", "segman/models/encoder.py", True),
     ("recipes.py", "classification/train.py", True),                  # the file's own folder
