@@ -10,7 +10,7 @@ Checked over every file git tracks (``git ls-files``):
   ``local_configs/…`` from ``segmentation/``, ``train.py`` from ``classification/``).  URLs, absolute
   paths, placeholders (``{t,s}``, ``<model>``, ``*``, ``$VAR``), paths git ignores (outputs such as
   ``work_dirs/…``) and paths inside other installed packages (``mmcv/ops/info.py``) are not checked;
-* the words of a lab notebook: "session" (except pytest's ``scope="session"``) and "tried, not kept".
+* the words of a lab notebook, as ``DIARY`` lists them (pytest's fixture scope excepted).
 
 In test files only comments and docstrings are read: their string literals are fixtures, and some
 name missing paths on purpose.
