@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -58,7 +57,7 @@ from tqdm import tqdm
 
 import segman.models  # noqa: F401  (registers SegMANEncoder_{t,s,b,l} with timm)
 from segman.models import COMPILE_MODES, CheckpointError, compile_regions, load_checkpoint_file
-from segman.models.checkpoint import atomic_path, newest_loadable
+from segman.models.checkpoint import atomic_path, checkpoints_newest_first, newest_loadable
 from segman.models.cuda_graph import leave_to_graphs, release_graphs
 
 import timm_compat
@@ -175,14 +174,6 @@ class AtomicCheckpointSaver(CheckpointSaver):
         os.replace(src, dst)
 
 
-def checkpoints_newest_first(folder: str) -> list[str]:
-    """``last.pth.tar``, then ``checkpoint[-ema]-E.pth.tar`` by epoch, highest first."""
-    numbered = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder)
-                if (m := re.fullmatch(r"checkpoint(?:-ema)?-(\d+)\.pth\.tar", name))]
-    last = os.path.join(folder, "last.pth.tar")
-    return ([last] if os.path.isfile(last) else []) + [p for _, p in sorted(numbered, reverse=True)]
-
-
 def resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                       loss_scaler: Optional[NativeScaler], model_ema: Optional[ModelEmaV3], arch: str) -> int:
     """Restore model, optimizer, EMA and AMP scaler from a ``train.py`` checkpoint.
@@ -196,8 +187,9 @@ def resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimi
     try:
         checkpoint = load_checkpoint_file(path)
     except CheckpointError as e:  # e.g. a run killed while writing it: the newest readable neighbour
-        fallback = newest_loadable([p for p in checkpoints_newest_first(os.path.dirname(path) or ".")
-                                    if os.path.realpath(p) != os.path.realpath(path)])
+        saved = checkpoints_newest_first(os.path.dirname(path) or ".", "last.pth.tar",
+                                         r"checkpoint(?:-ema)?-(\d+)\.pth\.tar")
+        fallback = newest_loadable([p for p in saved if os.path.realpath(p) != os.path.realpath(path)])
         if fallback is None:
             raise
         print(f"warning: {e}\nresuming from {fallback!r} instead, the newest readable checkpoint beside it",

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
@@ -30,7 +31,8 @@ import torch
 from timm.models import clean_state_dict
 from torch import nn
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint_file", "atomic_path", "newest_loadable",
+__all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint_file", "atomic_path", "checkpoints_newest_first",
+           "newest_loadable",
            "extract_state_dict", "checkpoint_filter_fn",
            "load_encoder_checkpoint", "load_segmentor_checkpoint"]
 
@@ -142,6 +144,17 @@ def save_checkpoint_file(obj: Any, path: Union[str, os.PathLike]) -> None:
     """``torch.save(obj, path)`` through :func:`atomic_path`: never leaves a partial file at ``path``."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def checkpoints_newest_first(folder: Union[str, os.PathLike], latest: str, numbered: str) -> list[str]:
+    """The checkpoints of a training run, newest first: the file named ``latest`` if there is one, then
+    the files whose whole name matches the regex ``numbered`` (its one group: the iteration or epoch),
+    highest number first."""
+    folder = os.fspath(folder)
+    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder)
+             if (m := re.fullmatch(numbered, name))]
+    head = [os.path.join(folder, latest)] if os.path.isfile(os.path.join(folder, latest)) else []
+    return head + [path for _, path in sorted(found, reverse=True)]
 
 
 def newest_loadable(paths: Sequence[Union[str, os.PathLike]]) -> Optional[str]:

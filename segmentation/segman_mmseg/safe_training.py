@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import os.path as osp
 import re
@@ -22,11 +21,10 @@ from typing import Optional
 import torch
 from mmcv.runner import HOOKS, Hook
 
-from segman.models.checkpoint import CheckpointError, atomic_path, newest_loadable
+from segman.models.checkpoint import CheckpointError, atomic_path, checkpoints_newest_first, newest_loadable
 
 # between OptimizerHook (40: backward and step) and CheckpointHook (50)
 NON_FINITE_PRIORITY = 45
-_NUMBERED = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")
 _TEMPORARY = re.compile(r"^\..+\.pth\..+\.tmp$")
 
 
@@ -42,13 +40,9 @@ def _atomic_save(save_checkpoint):
     return wrapper
 
 
-def checkpoints_newest_first(work_dir: str, suffix: str = "pth") -> list[str]:
-    """``latest.<suffix>`` (if it exists), then the numbered checkpoints, highest number first."""
-    numbered = [(int(m.group(1)), p) for p in glob.glob(osp.join(work_dir, f"*.{suffix}"))
-                if (m := _NUMBERED.search(osp.basename(p)))]
-    latest = osp.join(work_dir, f"latest.{suffix}")
-    head = [latest] if osp.exists(latest) else []
-    return head + [p for _, p in sorted(numbered, reverse=True)]
+def run_checkpoints(work_dir: str, suffix: str = "pth") -> list[str]:
+    """mmcv's checkpoints in ``work_dir``, newest first: ``latest``, then ``…iter_N`` / ``…epoch_N`` by N."""
+    return checkpoints_newest_first(work_dir, f"latest.{suffix}", rf".*(?:iter|epoch)_(\d+)\.{suffix}")
 
 
 def newest_good_checkpoint(work_dir: str, suffix: str = "pth") -> Optional[str]:
@@ -62,7 +56,7 @@ def newest_good_checkpoint(work_dir: str, suffix: str = "pth") -> Optional[str]:
     for name in os.listdir(work_dir):
         if _TEMPORARY.match(name):
             os.unlink(osp.join(work_dir, name))
-    candidates = checkpoints_newest_first(work_dir, suffix)
+    candidates = run_checkpoints(work_dir, suffix)
     if not candidates:
         return None
     good = newest_loadable(candidates)
@@ -90,8 +84,9 @@ class StopOnNonFinite(Hook):
 
     @staticmethod
     def _stop(runner, what: str) -> None:
-        saved = checkpoints_newest_first(runner.work_dir)
-        kept = f"the newest checkpoint, {osp.realpath(saved[0])}, is from before" if saved else "no checkpoint was written"
+        saved = run_checkpoints(runner.work_dir)
+        kept = (f"the newest checkpoint, {osp.realpath(saved[0])}, is from before" if saved
+                else "no checkpoint was written")
         raise FloatingPointError(
             f"training stopped at iteration {runner.iter + 1}: {what}; {kept}.  Lower the learning rate "
             f"(--cfg-options optimizer.lr=...), clip gradients (optimizer_config.grad_clip=dict(max_norm=...)), "
