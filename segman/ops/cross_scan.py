@@ -12,19 +12,22 @@ import torch
 
 from . import library
 from ._checks import check_float
-from .dispatch import Backend, kernel_can_run, runs_anywhere, select
+from .dispatch import Backend, exporting_to_onnx, kernel_can_run, runs_anywhere, select
+from .torch_backend import cross_scan as reference
 
 
 def _runs(op, backend: str):
     return lambda t: op(t, backend)
 
 
-# Fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
+# The reference's views while exporting to ONNX; then fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
 # transposes (docs/performance.md).
 _TRITON_CAN_RUN = kernel_can_run("cross_scan", "triton")  # cross_merge's kernels live beside cross_scan's
-SCAN_BACKENDS = [Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_scan_op, "triton")),
+SCAN_BACKENDS = [Backend("onnx", exporting_to_onnx, reference.cross_scan),
+                 Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_scan_op, "triton")),
                  Backend("torch", runs_anywhere, _runs(library.cross_scan_op, "torch"))]
-MERGE_BACKENDS = [Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_merge_op, "triton")),
+MERGE_BACKENDS = [Backend("onnx", exporting_to_onnx, reference.cross_merge),
+                  Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_merge_op, "triton")),
                   Backend("torch", runs_anywhere, _runs(library.cross_merge_op, "torch"))]
 
 

@@ -8,6 +8,10 @@ With no backend forced, the first one that can run is used and the reasons for s
 others are logged at DEBUG level (``logging.getLogger("segman.ops")``).  A forced backend that
 cannot run raises :class:`BackendError` with its reason: there is no silent fallback.
 
+The lists start with an ``onnx`` backend (:func:`exporting_to_onnx`) that runs only while
+``torch.onnx.export`` traces, so that exported graphs hold standard operators instead of custom ops
+(``ss2d_scan`` needs none: its first backend calls the other ops).
+
 A backend is forced, in order of precedence, by
   1. the op's ``backend=`` argument,
   2. :func:`force_backend` (a context manager, restored on exit),
@@ -58,6 +62,12 @@ class Backend:
 def runs_anywhere(*args, **kwargs) -> Optional[str]:
     """``can_run`` of backends that take every validated input (the torch references)."""
     return None
+
+
+def exporting_to_onnx(*args, **kwargs) -> Optional[str]:
+    """``can_run`` of the ``onnx`` backends: plain tensor ops with no custom op and nothing written in place,
+    which ``torch.onnx.export`` turns into standard ONNX operators; they run only while it traces."""
+    return None if torch.onnx.is_in_onnx_export() else "runs only while torch.onnx.export traces the model"
 
 
 def kernel_can_run(op: str, backend: str) -> Callable[..., Optional[str]]:

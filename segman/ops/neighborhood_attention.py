@@ -15,7 +15,8 @@ import torch
 
 from . import library
 from ._checks import check_float, check_same, check_shape
-from .dispatch import Backend, kernel_can_run, runs_anywhere, select
+from .dispatch import Backend, exporting_to_onnx, kernel_can_run, runs_anywhere, select
+from .torch_backend import neighborhood_attention as reference
 
 
 def _run(backend: str):
@@ -24,9 +25,10 @@ def _run(backend: str):
     return run
 
 
-# Fastest first.  natten runs only without rpb and with head dims its fused kernels take (never for
+# The reference's tensor ops while exporting to ONNX; then fastest first.  natten runs only without rpb and with head dims its fused kernels take (never for
 # SegMAN's RPB attention); triton covers fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
-BACKENDS = [Backend("natten", kernel_can_run("neighborhood_attention_2d", "natten"), _run("natten")),
+BACKENDS = [Backend("onnx", exporting_to_onnx, lambda *args: reference.forward(*args)[0]),
+            Backend("natten", kernel_can_run("neighborhood_attention_2d", "natten"), _run("natten")),
             Backend("triton", kernel_can_run("neighborhood_attention_2d", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]
 

@@ -70,6 +70,6 @@ def bilinear_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     size = tuple(int(s) for s in size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"bilinear_resize: size must be two positive sides (H, W), got {size}")
-    if not (torch.is_grad_enabled() and x.requires_grad):
+    if not (torch.is_grad_enabled() and x.requires_grad) or torch.onnx.is_in_onnx_export():
         return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
     return _BilinearResize.apply(x, size, align_corners)

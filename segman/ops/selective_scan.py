@@ -7,7 +7,8 @@ import torch
 
 from . import library
 from ._checks import check_floats, check_scan_parameters
-from .dispatch import Backend, kernel_can_run, runs_anywhere, select
+from .dispatch import Backend, exporting_to_onnx, kernel_can_run, runs_anywhere, select
+from .torch_backend.selective_scan import export_forward
 
 
 def _run(backend: str):
@@ -16,9 +17,10 @@ def _run(backend: str):
     return run
 
 
-# Fastest first (docs/performance.md, H100): the CUDA extension when it is
+# The export form while exporting; then fastest first (docs/performance.md, H100): the CUDA extension when it is
 # built (d_state <= 16; 1.06-1.11x the memory floor forward), then Triton, then the reference.
-BACKENDS = [Backend("cuda", kernel_can_run("selective_scan", "cuda"), _run("cuda")),
+BACKENDS = [Backend("onnx", exporting_to_onnx, export_forward),
+            Backend("cuda", kernel_can_run("selective_scan", "cuda"), _run("cuda")),
             Backend("triton", kernel_can_run("selective_scan", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]
 

@@ -22,6 +22,7 @@ HAS_CUDA = torch.cuda.is_available()
 # Every backend name an op may grow; the ones an op does not list in its BACKENDS are skipped.
 ALL_BACKENDS = ("torch", "triton", "cuda", "natten")
 GPU_ONLY_BACKENDS = ("triton", "cuda", "natten")
+EXPORT_BACKEND = "onnx"  # runs only while torch.onnx.export traces (test_onnx_backends.py)
 
 
 def op_backend_names(module: str, attr: str = "BACKENDS") -> list[str]:

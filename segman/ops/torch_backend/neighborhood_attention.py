@@ -47,9 +47,15 @@ def _axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTil
     return AxisTiling(tile, n_tiles, key_pos, bias_idx)
 
 
-@functools.lru_cache(maxsize=64)
 def _tiling(height: int, width: int, kernel_size: int, device: torch.device):
-    """Row and column tilings plus the flat index ``(n_th, n_tw, t_h*t_w, R)`` into ``[rpb.flatten() | -inf]``."""
+    """Row and column tilings plus the flat index ``(n_th, n_tw, t_h*t_w, R)`` into ``[rpb.flatten() | -inf]``;
+    cached per shape, except while traced (export), where the tensors are graph values that must not be kept."""
+    if torch.compiler.is_compiling():
+        return _build_tiling(height, width, kernel_size, device)
+    return _cached_tiling(height, width, kernel_size, device)
+
+
+def _build_tiling(height: int, width: int, kernel_size: int, device: torch.device):
     rows = _axis_tiling(height, kernel_size, device)
     cols = _axis_tiling(width, kernel_size, device)
     span = 2 * kernel_size - 1
@@ -58,6 +64,9 @@ def _tiling(height: int, width: int, kernel_size: int, device: torch.device):
     flat = torch.where((r >= 0) & (c >= 0), r * span + c, span * span)
     flat = flat.reshape(rows.n_tiles, cols.n_tiles, rows.tile * cols.tile, -1)
     return rows, cols, flat
+
+
+_cached_tiling = functools.lru_cache(maxsize=64)(_build_tiling)
 
 
 def _to_tiles(x: torch.Tensor, rows: AxisTiling, cols: AxisTiling) -> torch.Tensor:

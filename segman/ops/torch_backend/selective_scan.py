@@ -10,12 +10,12 @@ runs the adjoint recurrence with the same stable chunked scan.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .linear_scan import linear_scan, reverse_linear_scan
+from .linear_scan import linear_scan, parallel_linear_scan, reverse_linear_scan
 
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus default, also the CUDA kernel's
 
@@ -40,8 +40,9 @@ def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
 
 
 def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-            delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated inputs in; ``y`` ``(Bt, G*Dg, L)`` float32/float64 and the hidden states ``h`` out."""
+            delta_softplus: bool, scan: Callable = linear_scan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated inputs in; ``y`` ``(Bt, G*Dg, L)`` float32/float64 and the hidden states ``h`` out.
+    ``scan`` solves the recurrence (:func:`linear_scan`, or :func:`parallel_linear_scan` to export)."""
     dtype = compute_dtype(u, A, B, C)
     bt, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -51,7 +52,7 @@ def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[t
     Af = A.to(dtype).view(groups, dg, n_state, 1)
     decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)              # (Bt, G, Dg, N, L)
     drive = (dt * uf).view(bt, groups, dg, 1, length) * B.to(dtype).unsqueeze(2)
-    h = linear_scan(decay, drive)                                           # (Bt, G, Dg, N, L)
+    h = scan(decay, drive)                                                  # (Bt, G, Dg, N, L)
     y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype)).reshape(bt, channels, length)
     if D is not None:
         y = y + D.to(dtype)[:, None] * uf
@@ -95,3 +96,9 @@ def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[
     d_bias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
     return (du.to(u.dtype), ddt.to(delta.dtype), dA.reshape(channels, n_state).to(A.dtype),
             dB.to(B.dtype), dC.to(C.dtype), dD, d_bias)
+
+
+def export_forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                   delta_softplus: bool) -> torch.Tensor:
+    """``y`` of :func:`forward` by whole-tensor ops only, as ``torch.onnx.export`` traces it."""
+    return forward(u, delta, A, B, C, D, delta_bias, delta_softplus, scan=parallel_linear_scan)[0]
