@@ -27,9 +27,10 @@ $(STAMP): constraints.txt requirements.txt setup.py scripts/install_mmcv.py
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
-# pytest is no runtime requirement: it comes with setup.py's test extra (settings in pyproject.toml).
+# pytest and the ONNX tools are no runtime requirement: they come with setup.py's test and deploy extras
+# (pytest's settings are in pyproject.toml).
 $(TEST_STAMP): $(STAMP) setup.py
-	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test]"
+	$(PIP) install -c constraints.txt --no-build-isolation -e ".[test,deploy]"
 	touch $@
 
 # SegMAN-T from scratch on a generated toy set, on the CPU: train, evaluate, draw predictions beside the ground truth.

@@ -2,6 +2,7 @@
 
     python tools/test.py CONFIG CHECKPOINT --eval mIoU [--show-dir DIR] [--out results.pkl] [--aug-test]
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS --eval mIoU
+    python tools/test.py CONFIG model.onnx --eval mIoU    # a file of tools/pytorch2onnx.py, in onnxruntime
 
 The checkpoint is loaded with every key matched (``backbone.*``, ``decode_head.*``); the
 backbone's ImageNet ``pretrained`` path of the config is ignored.  Metrics are printed and saved
@@ -32,7 +33,7 @@ AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a SegMAN segmentor")
     parser.add_argument("config", help="config file")
-    parser.add_argument("checkpoint", help="checkpoint file (ours or the original's)")
+    parser.add_argument("checkpoint", help="checkpoint file (ours or the original's), or an exported .onnx file")
     parser.add_argument("--eval", nargs="+", help="metrics, e.g. mIoU mDice mFscore")
     parser.add_argument("--out", help="pickle the raw results to this file")
     parser.add_argument("--format-only", action="store_true", help="only format results (test-server submission)")
@@ -57,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if not (args.eval or args.out or args.format_only or args.show_dir):
         parser.error("say what to do with the results: --eval mIoU, --out FILE, --format-only or --show-dir DIR")
+    if args.compile and args.checkpoint.endswith(".onnx"):
+        parser.error("--compile applies to PyTorch checkpoints, not to an .onnx file (onnxruntime runs it)")
     if args.eval and args.format_only:
         parser.error("--eval and --format-only cannot be combined")
     return args
@@ -97,7 +100,12 @@ def main() -> None:
                   **cfg.data.get("test_dataloader", {})}
     data_loader = build_dataloader(dataset, **loader_cfg)
 
-    model = build_segmentor_from_checkpoint(cfg, args.checkpoint, dataset.CLASSES, dataset.PALETTE)
+    if args.checkpoint.endswith(".onnx"):
+        from segman_mmseg.onnx_segmentor import OnnxSegmentor
+
+        model = OnnxSegmentor(args.checkpoint, cfg.model.test_cfg, dataset.CLASSES, dataset.PALETTE)
+    else:
+        model = build_segmentor_from_checkpoint(cfg, args.checkpoint, dataset.CLASSES, dataset.PALETTE)
     if args.compile:
         compile_regions(model, mode=args.compile)
     if cfg.get("fp16") is not None:

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEGMENTATION = REPO / "segmentation"
 CONFIGS = SEGMENTATION / "local_configs"
 TOOLS = SEGMENTATION / "tools"
+TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
 
 
 def load_tool(name: str) -> ModuleType:
@@ -30,3 +31,9 @@ def run_tool(tool: str, *args: str, check: bool = True) -> subprocess.CompletedP
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def data_options(root) -> list[str]:
+    """``--cfg-options`` pointing the toy config at the test set ``root``, small and single-process."""
+    options = [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
+    return options + ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1"]

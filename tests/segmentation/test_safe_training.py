@@ -8,13 +8,11 @@ import warnings
 
 import pytest
 import torch
-from segmentation_testing import CONFIGS, run_tool
+from segmentation_testing import TOY, run_tool
 
 import segman_mmseg  # noqa: F401  (installs the atomic save and the resume finder)
 from segman.models import CheckpointError
 from segman_mmseg.safe_training import StopOnNonFinite, _atomic_save, newest_good_checkpoint
-
-TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
 
 
 def _write_good(path, value=1.0):

@@ -9,25 +9,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from segmentation_testing import CONFIGS, load_tool, run_tool
-
-TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
-
-
-def _data_options(root) -> list[str]:
-    options = [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
-    return options + ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1"]
-
-
-@pytest.fixture(scope="module")
-def trained(toy_root, tmp_path_factory):
-    """Two training iterations with evaluation at the end and a checkpoint per iteration (with
-    ``--cuda-graph``, which on the CPU says so and trains eagerly)."""
-    work = tmp_path_factory.mktemp("train")
-    proc = run_tool("train.py", TOY, "--work-dir", str(work), "--seed", "0", "--cuda-graph", "--cfg-options",
-                    *_data_options(toy_root), "runner.max_iters=2", "checkpoint_config.interval=1",
-                    "evaluation.interval=2", "lr_config.warmup_iters=1")
-    return work, proc
+from segmentation_testing import TOY, data_options, load_tool, run_tool
 
 
 def test_train_saves_checkpoints_config_and_logs(trained):
@@ -46,7 +28,7 @@ def test_train_saves_checkpoints_config_and_logs(trained):
 def test_test_tool_reports_miou(trained, toy_root):
     work, _ = trained
     proc = run_tool("test.py", TOY, str(work / "iter_2.pth"), "--eval", "mIoU", "--work-dir", str(work),
-                    "--cfg-options", *_data_options(toy_root))
+                    "--cfg-options", *data_options(toy_root))
     assert "mIoU" in proc.stdout
     result = json.loads(sorted(work.glob("eval_single_scale_*.json"))[-1].read_text())
     assert 0.0 <= result["metric"]["mIoU"] <= 1.0
@@ -55,7 +37,7 @@ def test_test_tool_reports_miou(trained, toy_root):
 def test_resume_continues_from_the_saved_iteration(trained, toy_root, tmp_path):
     work, _ = trained
     run_tool("train.py", TOY, "--work-dir", str(tmp_path), "--resume-from", str(work / "iter_1.pth"),
-             "--no-validate", "--cfg-options", *_data_options(toy_root), "runner.max_iters=2",
+             "--no-validate", "--cfg-options", *data_options(toy_root), "runner.max_iters=2",
              "checkpoint_config.interval=1")
     resumed = torch.load(tmp_path / "iter_2.pth", weights_only=False)
     first = torch.load(work / "iter_1.pth", weights_only=False)
@@ -70,7 +52,7 @@ def test_resume_continues_from_the_saved_iteration(trained, toy_root, tmp_path):
 def test_auto_resume_finds_the_latest_checkpoint(trained, toy_root):
     work, _ = trained
     proc = run_tool("train.py", TOY, "--work-dir", str(work), "--auto-resume", "--no-validate",
-                    "--cfg-options", *_data_options(toy_root), "runner.max_iters=2")
+                    "--cfg-options", *data_options(toy_root), "runner.max_iters=2")
     assert "resumed from epoch" in (proc.stderr + proc.stdout) or "resumed" in (proc.stderr + proc.stdout)
 
 
@@ -86,12 +68,12 @@ def test_show_predictions_draws_image_truth_and_prediction(trained, toy_root, tm
     work, _ = trained
     out = tmp_path / "predictions.png"
     proc = run_tool("show_predictions.py", TOY, str(work / "iter_2.pth"), "--out", str(out), "--num", "2",
-                    "--cfg-options", *_data_options(toy_root))
+                    "--cfg-options", *data_options(toy_root))
     assert "2 images, ground truth and predictions drawn" in proc.stdout
     figure = mmcv.imread(str(out))
     assert figure.shape == (660, 900, 3)  # 2 rows of 3 panels and the legend, 100 dpi
     bad = run_tool("show_predictions.py", TOY, str(work / "iter_2.pth"), "--indices", "5", "--cfg-options",
-                   *_data_options(toy_root), check=False)
+                   *data_options(toy_root), check=False)
     assert bad.returncode != 0 and "choose images among the 2 of the test split" in bad.stderr
 
 
@@ -110,6 +92,6 @@ def test_show_predictions_ground_truth_follows_the_metric():
 def test_test_tool_rejects_a_mismatched_checkpoint(trained, toy_root):
     work, _ = trained
     proc = run_tool("test.py", TOY, str(work / "iter_2.pth"), "--eval", "mIoU", "--cfg-options",
-                    *_data_options(toy_root), "model.decode_head.num_classes=9", check=False)
+                    *data_options(toy_root), "model.decode_head.num_classes=9", check=False)
     assert proc.returncode != 0
     assert "decode_head.conv_seg.weight" in proc.stderr and "num_classes" in proc.stderr
