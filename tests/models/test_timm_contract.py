@@ -1,5 +1,6 @@
 """The encoder as timm's own models behave: features_only, forward_intermediates, pruning, device and
-dtype at construction, the input-size limits in the pretrained config, torch.fx feature extraction."""
+dtype at construction, the input-size limits in the pretrained config, torch.fx feature extraction, and the
+graph captures PyTorch keeps (torch.jit.trace, torch.export; torch.jit.script is deprecated and not supported)."""
 from __future__ import annotations
 
 import pytest
@@ -77,6 +78,16 @@ def test_fx_feature_extraction_equals_eager(model_and_stages):
     _copy_weights(model, graph_net.graph_module)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(graph_net(x), stages))
+
+
+def test_traced_and_exported_graphs_equal_eager(model_and_stages):
+    """Both keep each op as one ``torch.ops.segman`` node."""
+    model, x, _, _ = model_and_stages
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        program = torch.export.export(model, (x,))
+        assert torch.equal(traced(x), model(x)) and torch.equal(program.module()(x), model(x))
+    assert any(str(node.target).startswith("segman.") for node in program.graph.nodes)
 
 
 @pytest.mark.parametrize("name", sorted(CHANNELS))
