@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Union
 
 import mmcv
@@ -17,6 +18,7 @@ from mmcv.utils import Config
 import segman_mmseg  # noqa: F401  (registration)
 from segman.models import CheckpointError, compile_regions, load_checkpoint_file, load_segmentor_checkpoint
 from segman_mmseg.config_checks import load_config
+from segman_mmseg.loading import too_dark_for_8_bits
 
 ImageLike = Union[str, np.ndarray]
 
@@ -61,13 +63,23 @@ def load_segmentor(config: Union[str, Config], checkpoint: str, device: str = 'c
 
 
 def predict(model: torch.nn.Module, image: ImageLike) -> np.ndarray:
-    """Class index map ``(H, W)`` of an image path or BGR ``(H, W, 3)`` uint8 array."""
+    """Class index map ``(H, W)`` of an image path or BGR ``(H, W, 3)`` array (uint8, or float in 0..255).
+
+    Raises ``ValueError`` for an image with NaN or infinite values (they would spread to every output
+    pixel); warns for a 16-bit file that 8-bit conversion would turn nearly black."""
     from mmseg.apis import inference_segmentor
 
     if isinstance(image, str):
-        image = mmcv.imread(image)  # a clear error for a missing or corrupt file
-        if image is None:
-            raise ValueError('could not decode the image')
+        name = image
+        stored = mmcv.imread(image, flag='unchanged')  # a clear error for a missing file
+        if stored is None:
+            raise ValueError(f'{name}: could not decode the image')
+        if too_dark_for_8_bits(stored):
+            warnings.warn(f'{name}: {too_dark_for_8_bits(stored)}; the prediction will be of a dark image')
+        image = mmcv.imread(image)  # converted as the test pipeline converts it
+    elif np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f'the image has {int((~np.isfinite(image)).sum())} NaN or infinite values; '
+                         f'replace them (e.g. np.nan_to_num) before predicting')
     return inference_segmentor(model, image)[0]
 
 

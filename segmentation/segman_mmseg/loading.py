@@ -1,5 +1,5 @@
 """mmseg's ``LoadImageFromFile`` and ``LoadAnnotations``, naming the file that cannot be used, and the
-label-value check shared by evaluation and ``tools/check_dataset.py``.
+image and label-value checks shared by evaluation, prediction and ``tools/check_dataset.py``.
 
 mmseg's loaders turn a truncated or non-image file into ``None`` and fail later with
 ``'NoneType' object has no attribute 'shape'``, and take a label map of another size than its image
@@ -9,6 +9,7 @@ mmseg's own names, so every config gets them: each bad file raises a ``ValueErro
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import numpy as np
 from mmseg.datasets.builder import PIPELINES
@@ -52,6 +53,20 @@ class LoadAnnotationsNamingBadFiles(LoadAnnotations):
                              f"{image_shape[1]}×{image_shape[0]} px ({results.get('filename')}); labels must "
                              f"have their image's size")
         return results
+
+
+def too_dark_for_8_bits(image: np.ndarray) -> Optional[str]:
+    """Why a 16-bit image (as stored, e.g. ``mmcv.imread(path, flag='unchanged')``) would come out nearly black
+    once the loaders convert it to 8 bits by dropping the low byte, or None: 12-bit or 10-bit data stored in
+    16 bits keeps its values below 4096."""
+    if image.dtype != np.uint16 or image.size == 0:
+        return None
+    top = int(image.max())
+    if top >= 4096:
+        return None
+    return (f"16-bit image whose values reach only {top} of 65535 (12-bit or less data): 8-bit conversion "
+            f"keeps the high byte, so it becomes nearly black ({top >> 8} of 255 at most); scale it to the 16-bit "
+            f"range (e.g. ×16 for 12-bit data) or save it as 8-bit")
 
 
 def values_outside_classes(dataset, label: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     python tools/check_dataset.py local_configs/segman/small/segman_s_ade.py [--splits train val]
 
-For each image of each split: the image decodes; its label map exists, decodes, has the image's
+For each image of each split: the image decodes (and, if 16-bit, uses more than 12 bits: see
+``segman_mmseg.loading.too_dark_for_8_bits``); its label map exists, decodes, has the image's
 size, and holds only classes ``0..num_classes-1`` or the ignore index once the dataset's own label
 conversion (``reduce_zero_label``, class subsets) is applied.  An empty split is reported too.
 Prints one line per problem and a summary; exits with 1 if anything is wrong.
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 import segman_mmseg  # noqa: F401  (registers SegMAN types)
 from segman_mmseg.config_checks import check_data_roots, load_config
-from segman_mmseg.loading import describe_values_outside, values_outside_classes
+from segman_mmseg.loading import describe_values_outside, too_dark_for_8_bits, values_outside_classes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +44,8 @@ def check_split(dataset) -> Iterator[str]:
         image = mmcv.imread(image_path, flag="unchanged")
         if image is None:
             yield f"{image_path}: not a readable image"
+        elif too_dark_for_8_bits(image):
+            yield f"{image_path}: {too_dark_for_8_bits(image)}"
         if dataset.ann_dir is None:
             continue
         label_path = osp.join(dataset.ann_dir, info["ann"]["seg_map"])

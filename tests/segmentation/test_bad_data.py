@@ -1,5 +1,6 @@
 """Bad dataset files are named: unreadable images and label maps, labels of another size than their
-image (:mod:`segman_mmseg.loading`), label values outside the classes (the head's ``check_labels``)."""
+image (:mod:`segman_mmseg.loading`), label values outside the classes (the head's ``check_labels``); bad
+images given to ``predict`` (NaN values, 12-bit data in a 16-bit file)."""
 from __future__ import annotations
 
 import shutil
@@ -8,13 +9,13 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from segmentation_testing import CONFIGS, load_tool, run_tool
+from segmentation_testing import TOY, load_tool, run_tool
 from mmseg.datasets.builder import PIPELINES
 
 import segman_mmseg  # noqa: F401  (registers the loaders under mmseg's names)
 from segman_mmseg.decode_head import SegMANDecoder
-
-TOY = str(CONFIGS / "segman/tiny/segman_t_toy.py")
+from segman_mmseg.inference import load_segmentor, predict
+from segman_mmseg.loading import too_dark_for_8_bits
 
 
 def _image_results(folder, name):
@@ -104,3 +105,22 @@ def test_evaluation_names_labels_outside_the_classes(toy_root, tmp_path):
                     "--cfg-options", *options, check=False)
     assert proc.returncode != 0
     assert f"{label_path}: values [200] outside the 5 classes" in proc.stdout + proc.stderr
+
+
+def test_twelve_bit_data_in_sixteen_bits_is_recognised():
+    assert "reach only 4095 of 65535" in too_dark_for_8_bits(np.full((4, 4), 4095, np.uint16))
+    assert too_dark_for_8_bits(np.full((4, 4), 40000, np.uint16)) is None
+    assert too_dark_for_8_bits(np.full((4, 4), 15, np.uint8)) is None
+
+
+def test_predict_refuses_nan_and_warns_for_dark_16_bit_files(trained, tmp_path):
+    work, _ = trained
+    model = load_segmentor(TOY, str(work / "iter_2.pth"))
+    image = np.full((224, 224, 3), 100.0, np.float32)
+    image[5, 5, 1] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        predict(model, image)
+    path = str(tmp_path / "twelve_bit.png")
+    mmcv.imwrite(np.random.default_rng(0).integers(0, 4096, (224, 224, 3)).astype(np.uint16), path)
+    with pytest.warns(UserWarning, match="twelve_bit.png: 16-bit image whose values reach only"):
+        assert predict(model, path).shape == (224, 224)
