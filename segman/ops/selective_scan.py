@@ -39,7 +39,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Args:
         u: ``(Bt, G*Dg, L)``, float32/float16/bfloat16 (float64 for gradcheck).
         delta: ``(Bt, G*Dg, L)``, same dtype as ``u``.
-        A: ``(G*Dg, N)``, floating (SegMAN: ``-exp(A_logs)``).
+        A: ``(G*Dg, N)``, floating, at most 0 (SegMAN: ``-exp(A_logs)``).  A positive entry makes the
+            state grow as ``exp(t * dt * A)`` and overflow to inf; it is not checked, because reading the
+            values back would stall the GPU on every call.
         B, C: ``(Bt, G, N, L)``, same dtype as ``u``.
         D: optional ``(G*Dg,)`` skip weights.
         delta_bias: optional ``(G*Dg,)`` added to ``delta`` before the softplus.
