@@ -16,7 +16,8 @@ imported, and each has a test in ``tests/segmentation/test_compat.py``.  Fixes:
    'default' now means 'cpu'.
 4. Resuming repeated one iteration: ``IterBasedRunner`` saves from ``after_train_iter``, before
    its counter moves, so ``iter_N.pth`` records ``meta['iter'] = N - 1`` and ``resume`` re-ran
-   iteration N (another batch, the learning rate one step behind).  Resume now continues at N + 1.
+   iteration N (another batch, the learning rate one step behind).  Resume now continues at N + 1
+   (with the data and random numbers where they were: :mod:`segman_mmseg.exact_resume`).
 5. Segfault in ``collect_env()`` (train.py's first log line): ``mmcv.ops.get_compiler_version``
    calls into the compiled ``_ext``, which crashed a CPU-ops build for torch 2.11 / Python 3.12
    ("Fatal Python error: Segmentation fault ... mmcv/ops/info.py").  SegMAN uses no mmcv C++
@@ -81,8 +82,6 @@ def _resume_after_saved_iteration(resume):
         self._iter += 1
         self._inner_iter = self._iter
         self.logger.info(f'continuing after the checkpoint\'s iteration {self.iter}')
-        self.logger.warning('resumed: weights, optimizer and schedule continue exactly, but the order and '
-                            'augmentation of the remaining batches differ from an uninterrupted run')
 
     return wrapper
 

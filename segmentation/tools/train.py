@@ -8,6 +8,8 @@ in distributed runs every BatchNorm becomes SyncBN.
 The resolved config, environment and seed are written to the work dir; logs go to text and
 TensorBoard (``<work_dir>/tf_logs``).  Checkpoints are written atomically; ``--auto-resume`` continues
 from the newest one that loads; a non-finite loss or weight stops training before it is saved.
+Data order and augmentation follow the seed, so a resumed run continues exactly where the checkpoint's
+stopped (:mod:`segman_mmseg.exact_resume`; pass the first run's ``--seed`` when resuming).
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ def main() -> None:
     cfg.auto_resume = args.auto_resume
     if not any(h.get("type") == "StopOnNonFinite" for h in cfg.get("custom_hooks", [])):
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="StopOnNonFinite", priority=NON_FINITE_PRIORITY)]
+    if cfg.get("runner", {}).get("type") == "EpochBasedRunner" and args.launcher == "none":
+        # the seeded sampler reshuffles on set_epoch, which mmseg leaves to this hook
+        cfg.custom_hooks = [*cfg.custom_hooks, dict(type="DistSamplerSeedHook")]
     cfg.gpu_ids = [args.gpu_id]
     cfg.find_unused_parameters = False  # every SegMAN parameter receives a gradient
     cfg.data.setdefault("persistent_workers", cfg.data.get("workers_per_gpu", 2) > 0)  # torch refuses it for 0
