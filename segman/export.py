@@ -18,8 +18,9 @@ instead of a loop over the sequence), so the file needs no custom operator.  ``o
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,18 @@ from torch import nn
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "img", "logits"
 TRACE_BATCH = 2  # a free batch is traced with 2: a batch of 1 would be specialised into the graph
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module, method: str) -> Iterator[tuple[nn.Module, torch.device]]:
+    """``(model.<method> as a module in eval mode, the model's device)`` under ``no_grad``; the model's
+    train/eval mode is restored on exit."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            yield _Method(model, method).eval(), next(iter(model.parameters()), torch.empty(0)).device
+    finally:
+        model.train(was_training)
 
 
 class _Method(nn.Module):
@@ -63,18 +76,11 @@ def export_onnx(model: nn.Module, output_file: str, shape: Sequence[int] = (512,
     height, width = (int(s) for s in shape)
     if dynamic_batch:
         batch = TRACE_BATCH
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    img = torch.randn(batch, 3, height, width, device=device)
     dynamic_shapes = {"img": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
-    was_training = model.training
-    traced = _Method(model, method).eval()
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(traced, (img,), input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
-                                        dynamic_shapes=dynamic_shapes, verbose=False)
-    finally:
-        model.train(was_training)
+    with _evaluating(model, method) as (traced, device):
+        img = torch.randn(batch, 3, height, width, device=device)
+        program = torch.onnx.export(traced, (img,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
     program.save(output_file)
     return output_file
@@ -130,13 +136,8 @@ def verify_onnx(model: nn.Module, path: str, method: str = "forward", img: Optio
     if img is None:
         batch = onnx_model.input_shape[0] if isinstance(onnx_model.input_shape[0], int) else TRACE_BATCH + 1
         img = torch.randn(batch, 3, *onnx_model.size, generator=torch.Generator().manual_seed(0))
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            reference = _Method(model, method).eval()(img.to(device)).float().cpu().numpy()
-    finally:
-        model.train(was_training)
+    with _evaluating(model, method) as (forward, device):
+        reference = forward(img.to(device)).float().cpu().numpy()
     error = float(np.abs(onnx_model(img) - reference).max() / max(np.abs(reference).max(), 1e-30))
     if error > rtol:
         raise AssertionError(f"{path}: onnxruntime differs from PyTorch by {error:.2e} of the largest logit "
