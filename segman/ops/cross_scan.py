@@ -20,8 +20,8 @@ def _runs(op, backend: str):
     return lambda t: op(t, backend)
 
 
-# The reference's views while exporting to ONNX; then fastest first: one Triton pass (read once, write once) beats the reference's stack of flips and
-# transposes (docs/performance.md).
+# The reference's views while exporting to ONNX; then fastest first: one Triton pass (read once, write
+# once) beats the reference's stack of flips and transposes (docs/performance.md).
 _TRITON_CAN_RUN = kernel_can_run("cross_scan", "triton")  # cross_merge's kernels live beside cross_scan's
 SCAN_BACKENDS = [Backend("onnx", exporting_to_onnx, reference.cross_scan),
                  Backend("triton", _TRITON_CAN_RUN, _runs(library.cross_scan_op, "triton")),

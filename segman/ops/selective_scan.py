@@ -17,8 +17,9 @@ def _run(backend: str):
     return run
 
 
-# The export form while exporting; then fastest first (docs/performance.md, H100): the CUDA extension when it is
-# built (d_state <= 16; 1.06-1.11x the memory floor forward), then Triton, then the reference.
+# The export form while exporting to ONNX; then fastest first (docs/performance.md, H100): the CUDA
+# extension when it is built (d_state <= 16; 1.06-1.11x the memory floor forward), then Triton, then
+# the reference.
 BACKENDS = [Backend("onnx", exporting_to_onnx, export_forward),
             Backend("cuda", kernel_can_run("selective_scan", "cuda"), _run("cuda")),
             Backend("triton", kernel_can_run("selective_scan", "triton"), _run("triton")),

@@ -74,8 +74,9 @@ def predict(model: torch.nn.Module, image: ImageLike) -> np.ndarray:
         stored = mmcv.imread(image, flag='unchanged')  # a clear error for a missing file
         if stored is None:
             raise ValueError(f'{name}: could not decode the image')
-        if too_dark_for_8_bits(stored):
-            warnings.warn(f'{name}: {too_dark_for_8_bits(stored)}; the prediction will be of a dark image')
+        dark = too_dark_for_8_bits(stored)
+        if dark:
+            warnings.warn(f'{name}: {dark}; the prediction will be of a dark image')
         image = mmcv.imread(image)  # converted as the test pipeline converts it
     elif np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         raise ValueError(f'the image has {int((~np.isfinite(image)).sum())} NaN or infinite values; '

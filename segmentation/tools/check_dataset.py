@@ -44,8 +44,8 @@ def check_split(dataset) -> Iterator[str]:
         image = mmcv.imread(image_path, flag="unchanged")
         if image is None:
             yield f"{image_path}: not a readable image"
-        elif too_dark_for_8_bits(image):
-            yield f"{image_path}: {too_dark_for_8_bits(image)}"
+        elif (dark := too_dark_for_8_bits(image)) is not None:
+            yield f"{image_path}: {dark}"
         if dataset.ann_dir is None:
             continue
         label_path = osp.join(dataset.ann_dir, info["ann"]["seg_map"])
