@@ -29,6 +29,11 @@ Every checkpoint holds ``state_dict`` and ``state_dict_ema`` without ``module.``
 as it is and take ``state_dict_ema``.  ``--resume`` continues from one (from the newest readable
 checkpoint beside it if that file is damaged).  Files are written atomically (temporary file, fsync,
 rename), and a non-finite loss stops training before anything of that epoch is saved.
+
+Each epoch seeds ``random``, ``numpy`` and ``torch`` from ``(--seed, epoch, rank)`` before its data
+loader starts (its workers are started anew each epoch and take their seeds from there), so the
+data order, augmentations, Mixup/CutMix and drop-path of an epoch do not depend on what ran before
+it: a run resumed at an epoch boundary continues as the uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import timm
 import torch
 import torch.distributed as dist
@@ -67,7 +73,7 @@ from validate import evaluate
 
 timm_compat.apply()  # before any loader is built: its RandAugment ops take the patched functions
 
-__all__ = ["parse_args", "resume_checkpoint", "main"]
+__all__ = ["parse_args", "resume_checkpoint", "seed_epoch", "main"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -138,7 +144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--dist-bn", default="reduce", choices=("reduce", "broadcast", ""),
                        help="share BN statistics across ranks before evaluating")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    group.add_argument("--seed", type=int, default=c["seed"], help="seed (plus the rank)")
+    group.add_argument("--seed", type=int, default=c["seed"],
+                       help="non-negative seed; each epoch is seeded from (seed, epoch, rank)")
     group.add_argument("--output", default="output", help="parent of the experiment folder")
     group.add_argument("--experiment", default=None, help="experiment folder name (default: <model>-<input size>)")
     group.add_argument("--resume", default="", help="training checkpoint to continue from")
@@ -172,6 +179,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def _replace(self, src, dst):
         os.replace(src, dst)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed ``random``, ``numpy.random`` and ``torch`` (CPU and CUDA) from ``(seed, epoch, rank)``."""
+    random_seed(int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1)[0]), 0)
 
 
 def resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -267,6 +279,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     classes = check_image_folder(args.data_dir, (args.train_split, args.val_split))
     if len(classes) > args.num_classes:
         raise ValueError(f"{args.data_dir!r} has {len(classes)} classes, more than --num-classes {args.num_classes}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         raise ValueError(f"Mixup/CutMix need an even batch per process, got --batch-size {args.batch_size} "
                          f"(or turn them off with --mixup 0 --cutmix 0)")
@@ -326,7 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip, auto_augment=args.aa or None,
         interpolation=args.train_interpolation, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
         mean=data_config["mean"], std=data_config["std"], num_workers=args.workers, distributed=args.distributed,
-        collate_fn=mixup, pin_memory=device.type == "cuda", device=device, use_prefetcher=True)
+        collate_fn=mixup, pin_memory=device.type == "cuda", device=device, use_prefetcher=True,
+        persistent_workers=False)  # workers seeded anew each epoch by seed_epoch: resumable at any epoch
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_loader.dataset)} training images are fewer than one batch "
                          f"({args.batch_size} per process × {args.world_size}); lower --batch-size")
@@ -374,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     best = {"top1": -math.inf, "epoch": None, "top1_ema": -math.inf, "epoch_ema": None}
     num_updates = start_epoch * len(train_loader)
     for epoch in range(start_epoch, num_epochs):
+        seed_epoch(args.seed, epoch, args.rank)
         if args.distributed:
             train_loader.sampler.set_epoch(epoch)
         if device.type == "cuda":

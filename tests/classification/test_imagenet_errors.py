@@ -73,6 +73,11 @@ def test_fewer_images_than_a_batch(synthetic_root, tmp_path):
         train.main(train_argv(synthetic_root, tmp_path, "--batch-size", "8"))
 
 
+def test_negative_seed(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="--seed must be a non-negative integer, got -1"):
+        train.main(train_argv(synthetic_root, tmp_path, "--seed", "-1"))
+
+
 def test_odd_batch_with_mixup(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="Mixup/CutMix need an even batch per process, got --batch-size 1"):
         train.main(train_argv(synthetic_root, tmp_path, "--batch-size", "1"))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import random
 import shutil
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -30,7 +32,8 @@ def _snapshot(epoch, model, optimizer, num_updates, model_ema) -> dict:
     return {"epoch": epoch, "num_updates": num_updates, "lrs": [g["lr"] for g in optimizer.param_groups],
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "model": copy.deepcopy(timm.utils.unwrap_model(model).state_dict()),
-            "ema": copy.deepcopy(model_ema.module.state_dict())}
+            "ema": copy.deepcopy(model_ema.module.state_dict()),
+            "rng": (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())}
 
 
 def _recording_train_one_epoch(records: list, stop_at: int | None = None):
@@ -161,6 +164,9 @@ def test_resume_continues_where_the_run_stopped(interrupted, monkeypatch, tmp_pa
     resumed, expected = records[0], stopped[1]
     assert resumed["num_updates"] == expected["num_updates"] == 2
     assert resumed["lrs"] == pytest.approx(expected["lrs"])  # the scheduler is at epoch 1
+    # epoch 1 draws its data order, augmentations and drop-path from the same random states
+    assert torch.equal(resumed["rng"][0], expected["rng"][0])
+    assert np.array_equal(resumed["rng"][1], expected["rng"][1]) and resumed["rng"][2] == expected["rng"][2]
     for key in ("model", "ema"):
         assert all(torch.equal(v, expected[key][k]) for k, v in resumed[key].items()), key
     opt, opt_expected = resumed["optimizer"], expected["optimizer"]
