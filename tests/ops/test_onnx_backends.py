@@ -1,4 +1,4 @@
-"""The ``onnx`` backends: the parallel scan against a float64 loop, selection only while exporting, and
+"""The ``onnx`` backends: the unrolled scan against a float64 loop, selection only while exporting, and
 every op exported alone and run in onnxruntime against the float64 references (odd sizes, batch 2)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ops_testing import (EXPORT_BACKEND, assert_rel_close, ref_cross_merge, ref_
 
 from segman.ops import (BackendError, bilinear_resize, cross_merge, cross_scan, neighborhood_attention_2d,
                         selective_scan, ss2d_scan)
-from segman.ops.torch_backend.linear_scan import parallel_linear_scan
+from segman.ops.torch_backend.linear_scan import unrolled_linear_scan
 from segman.ops.torch_backend.selective_scan import export_forward
 
 
@@ -22,19 +22,19 @@ def _loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
-@pytest.mark.parametrize("length", [1, 2, 63, 64, 65, 300])
-def test_parallel_linear_scan_matches_a_loop(length):
+@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 255, 257, 300])  # 1 to 3 chunk levels of 16
+def test_unrolled_linear_scan_matches_a_loop(length):
     a = torch.rand(2, 3, 5, length).transpose(1, 2)  # non-contiguous
     b = torch.randn(2, 5, 3, length)
-    assert_rel_close(parallel_linear_scan(a, b), _loop_scan(a, b), 1e-6, f"L={length}")
+    assert_rel_close(unrolled_linear_scan(a, b), _loop_scan(a, b), 1e-6, f"L={length}")
     a64, b64 = a.double(), b.double()
-    assert_rel_close(parallel_linear_scan(a64, b64), _loop_scan(a, b), 1e-13, f"L={length} float64")
+    assert_rel_close(unrolled_linear_scan(a64, b64), _loop_scan(a, b), 1e-13, f"L={length} float64")
 
 
-def test_parallel_linear_scan_underflows_cleanly():
+def test_unrolled_linear_scan_underflows_cleanly():
     a = torch.full((1, 200), 1e-30)
     a[0, 100:] = 1.0
-    h = parallel_linear_scan(a, torch.ones(1, 200))
+    h = unrolled_linear_scan(a, torch.ones(1, 200))
     assert torch.isfinite(h).all() and torch.allclose(h, _loop_scan(a, torch.ones(1, 200)).float())
 
 

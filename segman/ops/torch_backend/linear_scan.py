@@ -7,12 +7,20 @@ recurrence ``(prod a, h_end)``.  Only products of ``a`` are formed, never ``exp`
 cumulative sum, so decays as small as exp(-1e4) underflow cleanly to zero instead of producing
 inf/NaN.  There is no Python loop over the full sequence length: the loop count is about
 ``CHUNK * log_CHUNK(L)``.
+
+:func:`unrolled_linear_scan` is the same computation with every step out of place, for export to a
+graph; there shorter chunks (``EXPORT_CHUNK``) run faster in onnxruntime, whose per-step slicing
+and stacking cost grows with the chunk length.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 CHUNK = 64
+EXPORT_CHUNK = 16
+TimeMajorScan = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _scan_time_major(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,50 +38,50 @@ def _scan_time_major(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     return h, prod
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _scan_time_major_unrolled(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_scan_time_major` with nothing written in place: one out-of-place step per position,
+    stacked at the end, which ``torch.onnx.export`` traces as a few graph nodes per step."""
+    h, prod = [b[..., 0, :]], [a[..., 0, :]]
+    for t in range(1, a.shape[-2]):
+        h.append(b[..., t, :] + a[..., t, :] * h[-1])
+        prod.append(prod[-1] * a[..., t, :])
+    return torch.stack(h, -2), torch.stack(prod, -2)
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK,
+                time_major: TimeMajorScan = _scan_time_major) -> torch.Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` along the last dim with ``h_{-1} = 0``.
 
     Args:
         a, b: ``(*, L)`` tensors of one floating dtype (broadcast already applied).
+        chunk: the chunk length; time_major: the scan inside the chunks.
     Returns:
         h: ``(*, L)``.
     """
     length = a.shape[-1]
-    if length <= CHUNK:
-        h, _ = _scan_time_major(a.unsqueeze(-1), b.unsqueeze(-1))
+    if length <= chunk:
+        h, _ = time_major(a.unsqueeze(-1), b.unsqueeze(-1))
         return h.squeeze(-1)
-    n_chunks = -(-length // CHUNK)
-    pad = n_chunks * CHUNK - length
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
     if pad:  # a = 1, b = 0 past the end leaves the real steps untouched
         a = torch.nn.functional.pad(a, (0, pad), value=1.0)
         b = torch.nn.functional.pad(b, (0, pad), value=0.0)
     # (*, n, T) -> (*, T, n): a blocked 2-D transpose, cheap compared with moving T to the front
-    a_tm = a.unflatten(-1, (n_chunks, CHUNK)).transpose(-1, -2).contiguous()
-    b_tm = b.unflatten(-1, (n_chunks, CHUNK)).transpose(-1, -2).contiguous()
-    h_local, prod = _scan_time_major(a_tm, b_tm)
-    chunk_end = linear_scan(prod[..., -1, :], h_local[..., -1, :])  # (*, n): state after each chunk
+    a_tm = a.unflatten(-1, (n_chunks, chunk)).transpose(-1, -2).contiguous()
+    b_tm = b.unflatten(-1, (n_chunks, chunk)).transpose(-1, -2).contiguous()
+    h_local, prod = time_major(a_tm, b_tm)
+    chunk_end = linear_scan(prod[..., -1, :], h_local[..., -1, :], chunk, time_major)  # (*, n): state after each chunk
     carry_in = torch.nn.functional.pad(chunk_end[..., :-1], (1, 0))  # state entering each chunk
-    h_local.addcmul_(prod, carry_in.unsqueeze(-2))
+    h_local = torch.addcmul(h_local, prod, carry_in.unsqueeze(-2))
     h = h_local.transpose(-1, -2).flatten(-2)
     return h[..., :length] if pad else h
 
 
-def parallel_linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """:func:`linear_scan` as ``ceil(log2 L)`` whole-tensor steps (Hillis-Steele), no loop over the length
-    and nothing written in place: the form that exports to a graph (ONNX).  ``O(L log L)`` work.
-
-    After the step with offset ``s``, position ``t`` holds the recurrence over steps ``(t - 2s, t]``
-    as ``h = b_acc`` and the product ``a_acc`` of their ``a``; positions before the start act as
-    the identity (``a = 1``, ``b = 0``).
-    """
-    h, decay = b, a
-    length, offset = a.shape[-1], 1
-    while offset < length:
-        h = h + decay * torch.nn.functional.pad(h[..., :-offset], (offset, 0))
-        if 2 * offset < length:
-            decay = decay * torch.nn.functional.pad(decay[..., :-offset], (offset, 0), value=1.0)
-        offset *= 2
-    return h
+def unrolled_linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_scan` with nothing written in place, the form that exports to a graph (ONNX):
+    about ``EXPORT_CHUNK * log_EXPORT_CHUNK(L)`` out-of-place steps on ``1/EXPORT_CHUNK`` of the states each."""
+    return linear_scan(a, b, EXPORT_CHUNK, _scan_time_major_unrolled)
 
 
 def reverse_linear_scan(a_next: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -10,22 +10,26 @@ runs the adjoint recurrence with the same stable chunked scan.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .linear_scan import linear_scan, parallel_linear_scan, reverse_linear_scan
+from .linear_scan import linear_scan, reverse_linear_scan, unrolled_linear_scan
 
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus default, also the CUDA kernel's
 
 
-def _step_sizes(delta, delta_bias, softplus: bool, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw = delta + delta_bias, dt = softplus(raw) or raw), both ``(Bt, G*Dg, L)`` in ``dtype``."""
+def _step_sizes(delta, delta_bias, softplus: bool, dtype, export: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw = delta + delta_bias, dt = softplus(raw) or raw), both ``(Bt, G*Dg, L)`` in ``dtype``.
+    ``export``: softplus as ``relu(x) + log1p(exp(-|x|))``, elementwise operators that onnxruntime
+    vectorises (its own Softplus is several times slower)."""
     raw = delta.to(dtype)
     if delta_bias is not None:
         raw = raw + delta_bias.to(dtype)[:, None]
-    return raw, (F.softplus(raw) if softplus else raw)
+    if not softplus:
+        return raw, raw
+    return raw, (F.relu(raw) + torch.log1p(torch.exp(-raw.abs())) if export else F.softplus(raw))
 
 
 def compute_dtype(u, A, B, C) -> torch.dtype:
@@ -40,20 +44,26 @@ def states_meta(u, A, B, C) -> tuple[tuple[int, ...], torch.dtype]:
 
 
 def forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-            delta_softplus: bool, scan: Callable = linear_scan) -> tuple[torch.Tensor, torch.Tensor]:
+            delta_softplus: bool, export: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs in; ``y`` ``(Bt, G*Dg, L)`` float32/float64 and the hidden states ``h`` out.
-    ``scan`` solves the recurrence (:func:`linear_scan`, or :func:`parallel_linear_scan` to export)."""
+    ``export``: the form that ``torch.onnx.export`` traces and onnxruntime runs fast (the scan
+    unrolled, the read-out over the states as a product and a sum instead of an einsum)."""
     dtype = compute_dtype(u, A, B, C)
     bt, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     dg = channels // groups
     uf = u.to(dtype)
-    raw, dt = _step_sizes(delta, delta_bias, delta_softplus, dtype)
+    raw, dt = _step_sizes(delta, delta_bias, delta_softplus, dtype, export)
     Af = A.to(dtype).view(groups, dg, n_state, 1)
     decay = torch.exp(dt.view(bt, groups, dg, 1, length) * Af)              # (Bt, G, Dg, N, L)
     drive = (dt * uf).view(bt, groups, dg, 1, length) * B.to(dtype).unsqueeze(2)
-    h = scan(decay, drive)                                                  # (Bt, G, Dg, N, L)
-    y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype)).reshape(bt, channels, length)
+    if export:
+        h = unrolled_linear_scan(decay, drive)                              # (Bt, G, Dg, N, L)
+        y = (h * C.to(dtype).unsqueeze(2)).sum(3)
+    else:
+        h = linear_scan(decay, drive)
+        y = torch.einsum("bgcnl,bgnl->bgcl", h, C.to(dtype))
+    y = y.reshape(bt, channels, length)
     if D is not None:
         y = y + D.to(dtype)[:, None] * uf
     return y, h
@@ -101,4 +111,4 @@ def backward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[
 def export_forward(u, delta, A, B, C, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                    delta_softplus: bool) -> torch.Tensor:
     """``y`` of :func:`forward` by whole-tensor ops only, as ``torch.onnx.export`` traces it."""
-    return forward(u, delta, A, B, C, D, delta_bias, delta_softplus, scan=parallel_linear_scan)[0]
+    return forward(u, delta, A, B, C, D, delta_bias, delta_softplus, export=True)[0]
