@@ -28,7 +28,7 @@ def _run(backend: str):
 # The reference's tensor ops while exporting to ONNX; then fastest first.  natten runs only without rpb
 # and with head dims its fused kernels take (never for SegMAN's RPB attention); triton covers
 # fp16/bf16/fp32 on CUDA with dilation 1; torch takes the rest.
-BACKENDS = [Backend("onnx", exporting_to_onnx, lambda *args: reference.forward(*args)[0]),
+BACKENDS = [Backend("onnx", exporting_to_onnx, lambda *args: reference.forward(*args, export=True)[0]),
             Backend("natten", kernel_can_run("neighborhood_attention_2d", "natten"), _run("natten")),
             Backend("triton", kernel_can_run("neighborhood_attention_2d", "triton"), _run("triton")),
             Backend("torch", runs_anywhere, _run("torch"))]

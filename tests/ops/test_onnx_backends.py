@@ -9,6 +9,7 @@ from ops_testing import (EXPORT_BACKEND, assert_rel_close, ref_cross_merge, ref_
 
 from segman.ops import (BackendError, bilinear_resize, cross_merge, cross_scan, neighborhood_attention_2d,
                         selective_scan, ss2d_scan)
+from segman.ops.torch_backend import neighborhood_attention as na_reference
 from segman.ops.torch_backend.linear_scan import unrolled_linear_scan
 from segman.ops.torch_backend.selective_scan import export_forward
 
@@ -49,6 +50,16 @@ def _scan_inputs(batch=2, groups=2, per_group=3, d_state=3, length=67):
 def test_export_form_of_the_selective_scan_matches_the_loop():
     x = _scan_inputs()
     assert_rel_close(export_forward(**x, delta_softplus=True), ref_selective_scan(**x), 1e-5, "export form")
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_export_form_of_neighborhood_attention_matches_the_reference(dilation):
+    q, k, v = (torch.randn(2, 2, 13, 11, 8) for _ in range(3))
+    rpb = torch.randn(2, 5, 5)
+    out, lse = na_reference.forward(q, k, v, 3, dilation, rpb, 0.5, export=True)
+    assert lse is None
+    expected = ref_neighborhood_attention_2d(q, k, v, 3, dilation=dilation, rpb=rpb, scale=0.5)
+    assert_rel_close(out, expected, 1e-5, f"dilation {dilation}")
 
 
 def test_onnx_backend_runs_only_while_exporting():

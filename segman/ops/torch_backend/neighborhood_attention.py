@@ -124,10 +124,13 @@ def _tiled(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float)
     return (rows, cols, flat), q_t, k_r, v_r, logits
 
 
-def _forward(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float):
-    """Dilation 1: ``(out, lse)``."""
+def _forward(q, k, v, kernel_size: int, rpb: Optional[torch.Tensor], scale: float, export: bool = False):
+    """Dilation 1: ``(out, lse)``; with ``export`` ``(out, None)``, the probabilities from one softmax,
+    which ONNX runtimes run as one fused operator."""
     (rows, cols, _), _, _, v_r, logits = _tiled(q, k, v, kernel_size, rpb, scale)
     _, _, h, w, _ = q.shape
+    if export:
+        return _from_tiles(torch.matmul(torch.softmax(logits, dim=-1), v_r), rows, cols, h, w).to(q.dtype), None
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     out = _from_tiles(torch.matmul(torch.exp(logits - lse), v_r), rows, cols, h, w)  # softmax from lse
     return out.to(q.dtype), _from_tiles(lse, rows, cols, h, w)[..., 0]
@@ -159,15 +162,19 @@ def _groups(dilation: int):
             for gr in range(dilation) for gc in range(dilation)]
 
 
-def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float):
-    """Validated inputs in; ``(B, heads, H, W, head_dim)`` and the log-sum-exp ``(B, heads, H, W)`` out."""
+def forward(q, k, v, kernel_size: int, dilation: int, rpb: Optional[torch.Tensor], scale: float,
+            export: bool = False):
+    """Validated inputs in; ``(B, heads, H, W, head_dim)`` and the log-sum-exp ``(B, heads, H, W)`` out.
+    ``export``: the form ``torch.onnx.export`` traces, which returns no log-sum-exp (None)."""
     if dilation == 1:
-        return _forward(q, k, v, kernel_size, rpb, scale)
+        return _forward(q, k, v, kernel_size, rpb, scale, export)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:4], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-                      device=q.device)
+    lse = None if export else torch.empty(q.shape[:4], dtype=torch.float64 if q.dtype == torch.float64
+                                          else torch.float32, device=q.device)
     for group in _groups(dilation):
-        out[group], lse[group] = _forward(q[group], k[group], v[group], kernel_size, rpb, scale)
+        out[group], group_lse = _forward(q[group], k[group], v[group], kernel_size, rpb, scale, export)
+        if lse is not None:
+            lse[group] = group_lse
     return out, lse
 
 
