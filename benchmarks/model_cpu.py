@@ -69,6 +69,9 @@ def main() -> None:
         rows.append((f"SegMAN-{variant.upper()}", params, median_ms(model, img, args.repeats), onnx_ms))
 
     setting = f"input 1×3×{args.size}×{args.size}, inference mode, median of {args.repeats} forwards"
+    if args.onnx:
+        import onnxruntime
+        setting += f", onnxruntime {onnxruntime.__version__}"
     onnx_head, onnx_rule = (f" {'onnxruntime ms':>14} |", f"{'-' * 16}|") if args.onnx else ("", "")
     lines = [f"| {'model':<10} | {'params':>12} | {'PyTorch ms':>10} |{onnx_head}",
              f"|{'-' * 12}|{'-' * 14}|{'-' * 12}|{onnx_rule}"]
