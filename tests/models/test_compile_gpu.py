@@ -93,7 +93,7 @@ def test_compiled_training_matches_eager(variant, mode, _no_tf32):
 
 @pytest.mark.parametrize("variant", ["t", "s"])
 def test_compiled_bf16_training_is_as_accurate_as_eager(variant, _no_tf32):
-    """Under bf16 autocast, eager's own gradient is 10-20% (relative) away from fp32's for a freshly
+    """Under bf16 autocast, eager's own gradient is about 20% (relative) away from fp32's for a freshly
     initialised model, so compiled and eager are each compared with fp32, not with each other."""
     eager, (img, label) = _model(variant).train(), _inputs()
     _, exact = _eager_training(eager, img, label, bf16=False)
